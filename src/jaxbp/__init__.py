@@ -1,0 +1,38 @@
+"""jaxbp: backpropagation by hand in JAX, every factor of the chain rule written out and refereed.
+
+Layers and losses carry hand-written backward rules (`jaxbp.layers`, `jaxbp.losses`); `backprop`
+chains them in a reverse sweep; `autodiff` (jax.grad) is the referee; `jaxbp.check` verifies any
+rule; `jaxbp.train` runs compiled training loops with optax.
+"""
+
+from jaxbp import layers, losses
+from jaxbp.backprop import autodiff, backprop, to_custom_vjp
+from jaxbp.layers import (
+    Dense,
+    Elu,
+    Flatten,
+    Gelu,
+    Identity,
+    LeakyRelu,
+    LogSoftmax,
+    Relu,
+    Sigmoid,
+    Silu,
+    Softmax,
+    Softplus,
+    Tanh,
+    activation,
+    mlp,
+    serial,
+)
+from jaxbp.losses import binary_cross_entropy, mse, softmax_cross_entropy
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "layers", "losses",
+    "backprop", "autodiff", "to_custom_vjp",
+    "Dense", "Sigmoid", "Tanh", "Relu", "LeakyRelu", "Elu", "Gelu", "Softplus", "Silu",
+    "Identity", "Softmax", "LogSoftmax", "Flatten", "serial", "mlp", "activation",
+    "mse", "binary_cross_entropy", "softmax_cross_entropy",
+]  # fmt: skip

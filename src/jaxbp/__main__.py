@@ -1,0 +1,5 @@
+import sys
+
+from jaxbp.cli import main
+
+sys.exit(main())

@@ -1,0 +1,59 @@
+"""The `jaxbp` command: one verb per module in this package, and the error policy they share.
+
+Each verb module defines HELP (one line), `configure(parser)` and `run(args) -> int`.
+Bad arguments and bad input exit with status 2 and a one-line message, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+VERBS = ("train", "check", "explain", "bench")
+
+
+class UsageError(Exception):
+    """A problem with what the user asked for: reported in one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse prints usage too; one line is the policy
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="jaxbp", description="Backpropagation by hand in JAX, refereed by jax.grad."
+    )
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=_Parser)
+    verbs.required = True
+    for name in VERBS:
+        module = importlib.import_module(f"jaxbp.cli.{name}")
+        sub = verbs.add_parser(
+            name,
+            help=module.HELP,
+            description=module.__doc__,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        module.configure(sub)
+        sub.set_defaults(run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except (UsageError, ValueError, TypeError, FileNotFoundError, PermissionError) as error:
+        message = " ".join(str(error).split()) or type(error).__name__
+        print(f"jaxbp {args.verb}: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"jaxbp {args.verb}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,37 @@
+"""The public API: every name in __all__ imports, and the contract's names are there."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+
+import jaxbp
+
+CONTRACT = {
+    "jaxbp": ["backprop", "autodiff", "to_custom_vjp"],
+    "jaxbp.layers": [
+        "Dense", "Sigmoid", "Tanh", "Relu", "LeakyRelu", "Elu", "Gelu", "Softplus", "Silu",
+        "Identity", "Softmax", "LogSoftmax", "Flatten", "serial", "mlp", "activation",
+    ],
+    "jaxbp.losses": ["mse", "binary_cross_entropy", "softmax_cross_entropy"],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", jaxbp.__all__)
+def test_every_public_name_imports(name):
+    assert getattr(jaxbp, name) is not None
+
+
+@pytest.mark.parametrize("module, names", CONTRACT.items())
+def test_contract_names(module, names):
+    mod = importlib.import_module(module)
+    missing = [n for n in names if not hasattr(mod, n)]
+    assert not missing, f"{module} lacks {missing}"
+
+
+def test_submodule_all_lists_are_importable():
+    for module in ("jaxbp.layers", "jaxbp.losses", "jaxbp.backprop"):
+        mod = importlib.import_module(module)
+        for name in mod.__all__:
+            assert hasattr(mod, name), f"{module}.{name}"

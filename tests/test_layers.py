@@ -1,0 +1,181 @@
+"""Every layer's hand-written rule against jax.vjp, extreme inputs, and its errors."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import assert_trees_close, cast
+
+from jaxbp import layers as L
+
+# (layer, per-example input shape); options and both Gelu forms are covered.
+LAYERS = [
+    (L.Dense(3), (4,)),
+    (L.Sigmoid(), (5,)),
+    (L.Tanh(), (5,)),
+    (L.Relu(), (5,)),
+    (L.LeakyRelu(), (5,)),
+    (L.LeakyRelu(negative_slope=0.3), (5,)),
+    (L.Elu(), (5,)),
+    (L.Elu(alpha=0.5), (5,)),
+    (L.Gelu(), (5,)),
+    (L.Gelu(approximate=False), (5,)),
+    (L.Softplus(), (5,)),
+    (L.Silu(), (5,)),
+    (L.Identity(), (5,)),
+    (L.Softmax(), (5,)),
+    (L.LogSoftmax(), (5,)),
+    (L.Flatten(), (2, 3)),
+    (L.serial(L.Flatten(), L.Dense(4), L.Tanh(), L.Dense(2)), (2, 3)),
+    (L.mlp([4, 3, 2], "elu", "log_softmax"), (3,)),
+]
+IDS = [repr(layer) for layer, _ in LAYERS]
+
+# jax.nn's reference for each elementwise activation and the last-axis ones.
+REFERENCE = {
+    "sigmoid": jax.nn.sigmoid, "tanh": jnp.tanh, "relu": jax.nn.relu,
+    "leaky_relu": lambda x: jax.nn.leaky_relu(x, 0.01), "elu": jax.nn.elu, "gelu": jax.nn.gelu,
+    "softplus": jax.nn.softplus, "silu": jax.nn.silu, "identity": lambda x: x,
+    "softmax": jax.nn.softmax, "log_softmax": jax.nn.log_softmax,
+}  # fmt: skip
+
+
+def _setup(layer, shape, key, dtype):
+    k1, k2, k3 = jax.random.split(key, 3)
+    out_shape, params = layer.init(k1, shape)
+    # Scale 3 puts inputs on both sides of every kink and into the tails of the saturating ones.
+    x = 3 * jax.random.normal(k2, (6, *shape), dtype)
+    dy = jax.random.normal(k3, (6, *out_shape), dtype)
+    return out_shape, cast(params, dtype), x, dy
+
+
+@pytest.mark.parametrize("layer, shape", LAYERS, ids=IDS)
+def test_backward_matches_jax_vjp_float64(layer, shape, key, x64):
+    out_shape, params, x, dy = _setup(layer, shape, key, jnp.float64)
+    y, residuals = layer.forward(params, x)
+    assert y.shape == (6, *out_shape)
+    dparams, dx = layer.backward(params, residuals, dy)
+    y_ref, vjp = jax.vjp(lambda p, x: layer.apply(p, x), params, x)
+    dparams_ref, dx_ref = vjp(dy)
+    # 1e-12: both sides are exact formulas in float64; only rounding order differs.
+    assert_trees_close(y, y_ref, rtol=1e-14, what="forward")
+    assert_trees_close(dparams, dparams_ref, rtol=1e-12, what="dparams")
+    assert_trees_close(dx, dx_ref, rtol=1e-12, what="dx")
+
+
+@pytest.mark.parametrize("layer, shape", LAYERS, ids=IDS)
+def test_backward_under_jit_float32(layer, shape, key):
+    _, params, x, dy = _setup(layer, shape, key, jnp.float32)
+
+    @jax.jit
+    def rule(params, x, dy):
+        y, residuals = layer.forward(params, x)
+        return layer.backward(params, residuals, dy)
+
+    _, vjp = jax.vjp(lambda p, x: layer.apply(p, x), params, x)
+    # float32: agreement to a few ulps of the largest terms; XLA may fuse differently under jit.
+    assert_trees_close(rule(params, x, dy), vjp(dy), rtol=1e-5, what="float32 under jit")
+
+
+def test_saturating_rules_keep_only_the_output(key):
+    x = jax.random.normal(key, (3, 4))
+    for layer in (L.Sigmoid(), L.Tanh(), L.Relu(), L.Softmax(), L.LogSoftmax()):
+        y, residuals = layer.forward((), x)
+        assert residuals is y, f"{layer!r} should keep only its output"
+    for layer in (L.Identity(), L.Flatten()):  # nothing but (at most) a zero-size shape carrier
+        _, residuals = layer.forward((), x)
+        assert sum(leaf.size for leaf in jax.tree.leaves(residuals)) == 0, layer
+
+
+EXTREME = jnp.array([[-1e4, -100.0, -20.0, -1.0, 0.0, 1.0, 20.0, 100.0, 1e4]], jnp.float32)
+
+
+@pytest.mark.parametrize("name", list(L.ACTIVATIONS))
+def test_extreme_float32_inputs_stay_finite_and_match_jax_nn(name):
+    layer = L.activation(name)
+    y, residuals = layer.forward((), EXTREME)
+    _, dx = layer.backward((), residuals, jnp.ones_like(y))
+    assert jnp.all(jnp.isfinite(y)), (name, y)
+    assert jnp.all(jnp.isfinite(dx)), (name, dx)
+    y_ref = REFERENCE[name](EXTREME)
+    _, vjp = jax.vjp(REFERENCE[name], EXTREME)
+    (dx_ref,) = vjp(jnp.ones_like(y_ref))
+    finite = jnp.isfinite(y_ref) & jnp.isfinite(dx_ref)
+    # float32 ulps, absolute near zero (e.g. the 1e-44 tails of sigmoid' at |x| = 100).
+    np.testing.assert_allclose(y[finite], y_ref[finite], rtol=1e-6, atol=1e-30)
+    np.testing.assert_allclose(dx[finite], dx_ref[finite], rtol=1e-5, atol=1e-6)
+
+
+def test_extreme_softmax_rows():
+    x = jnp.array([[1e4, -1e4, 0.0], [1e4, 1e4, 1e4]], jnp.float32)
+    for layer in (L.Softmax(), L.LogSoftmax()):
+        y, residuals = layer.forward((), x)
+        _, dx = layer.backward((), residuals, jnp.ones_like(y))
+        assert jnp.all(jnp.isfinite(y)) and jnp.all(jnp.isfinite(dx)), layer
+
+
+def test_init_shapes_match_forward(key):
+    model = L.serial(L.Flatten(), L.Dense(7), L.Relu(), L.Dense(3), L.Softmax())
+    out_shape, params = model.init(key, (2, 4))
+    assert out_shape == (3,)
+    assert params[1]["W"].shape == (8, 7) and params[3]["b"].shape == (3,)
+    assert params[0] == () and params[2] == ()
+    assert model.apply(params, jnp.ones((5, 2, 4))).shape == (5, 3)
+
+
+def test_mlp_is_the_contracts_network():
+    model = L.mlp([2, 1], "sigmoid", "sigmoid")
+    assert model.layers == (L.Dense(2), L.Sigmoid(), L.Dense(1), L.Sigmoid())
+    assert L.mlp([3], "relu").layers == (L.Dense(3),)
+
+
+def test_activation_by_name_with_options():
+    assert L.activation("leaky_relu", negative_slope=0.2) == L.LeakyRelu(0.2)
+    assert set(L.ACTIVATIONS) == set(
+        "sigmoid tanh relu leaky_relu elu gelu softplus silu identity softmax log_softmax".split()
+    )
+
+
+def test_unknown_activation_lists_the_valid_names():
+    with pytest.raises(ValueError, match="unknown activation 'sigmod'.*sigmoid.*log_softmax"):
+        L.activation("sigmod")
+    with pytest.raises(ValueError, match="unknown activation"):
+        L.mlp([3, 1], "rectifier")
+
+
+def test_bad_option_is_a_type_error():
+    with pytest.raises(TypeError, match="relu"):
+        L.activation("relu", negative_slope=0.1)
+
+
+def test_wrong_feature_count_names_the_layer_and_both_sizes(key):
+    model = L.mlp([4, 1], "tanh")
+    _, params = model.init(key, (3,))
+    with pytest.raises(
+        ValueError, match=r"layer \[0\] Dense\(features=4\).*\(batch, 3\).*\(5, 2\)"
+    ):
+        model.apply(params, jnp.ones((5, 2)))
+    with pytest.raises(ValueError, match=r"layer \[0\]"):
+        jax.jit(model.apply)(params, jnp.ones((5, 2)))  # raised while tracing, before any work
+
+
+def test_bad_inputs_are_rejected(key):
+    _, params = L.Dense(2).init(key, (3,))
+    with pytest.raises(ValueError, match="batch axis"):
+        L.Dense(2).forward(params, jnp.ones(3))
+    with pytest.raises(TypeError, match="floating point"):
+        L.Dense(2).forward(params, jnp.ones((2, 3), jnp.int32))
+    with pytest.raises(ValueError, match="positive"):
+        L.Dense(0)
+    with pytest.raises(TypeError, match="not a layer"):
+        L.serial(L.Dense(2), "relu")
+    with pytest.raises(ValueError, match="needs a tuple of 2 params"):
+        L.serial(L.Dense(2), L.Relu()).apply(params, jnp.ones((2, 3)))
+
+
+def test_layers_are_hashable_values():
+    assert hash(L.mlp([3, 2], "relu")) == hash(L.mlp([3, 2], "relu"))
+    with pytest.raises(AttributeError):
+        L.Dense(3).features = 4
