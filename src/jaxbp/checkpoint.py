@@ -61,7 +61,7 @@ def save(
     blob = json.dumps(header).encode("utf-8")
     arrays[METADATA_KEY] = np.frombuffer(blob, dtype=np.uint8)
     savez = np.savez_compressed if compress else np.savez
-    _atomic_write(Path(path), lambda f: savez(f, allow_pickle=False, **arrays))
+    atomic_write(Path(path), lambda f: savez(f, allow_pickle=False, **arrays))
 
 
 def load(path: str | os.PathLike, like: Any = None) -> tuple[Any, dict]:
@@ -131,8 +131,9 @@ def _flatten(tree: Any) -> tuple[dict[str, np.ndarray], list[dict]]:
     return arrays, leaves
 
 
-def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> None:
     """Run ``write`` on a temp file beside ``path``, fsync it, then rename it over ``path``."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
     # O_EXCL: never clobber another writer's temp file; 0o666 lets the umask set permissions.

@@ -1,0 +1,198 @@
+"""fit: compiled epochs, determinism, both engines, checkpoints, divergence, and bad input."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from conftest import assert_trees_close
+
+from jaxbp import checkpoint, datasets, mlp, softmax_cross_entropy
+from jaxbp.losses import mse
+from jaxbp.train import CHECKPOINT_NAME, TrainingDiverged, fit
+
+KEY = jax.random.PRNGKey(42)
+
+
+@pytest.fixture(scope="module")
+def moons():
+    (x, y), (xt, yt) = datasets.load("moons", n_train=200, n_test=100)
+    return (x, y), (xt, yt)
+
+
+def _run(data, epochs=3, **options):
+    model = mlp([16, 2], "tanh")
+    _, params = model.init(jax.random.PRNGKey(0), (2,))
+    options = {
+        "optimizer": optax.adam(1e-2),
+        "batch_size": 32,
+        "key": KEY,
+        "progress": False,
+    } | options
+    return fit(model, softmax_cross_entropy, params, data[0], epochs=epochs, **options)
+
+
+def test_learns_and_reports_eval_metrics(moons):
+    params, history = _run(moons, epochs=30, eval_data=moons[1])
+    assert len(history["loss"]) == len(history["eval_accuracy"]) == 30
+    assert history["loss"][-1] < 0.5 * history["loss"][0]
+    assert history["eval_accuracy"][-1] > 0.85
+
+
+def test_same_key_same_bits_and_another_key_differs(moons):
+    a, _ = _run(moons)
+    b, _ = _run(moons)
+    c, _ = _run(moons, key=jax.random.PRNGKey(7))
+    for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        assert np.array_equal(u, v)
+    assert not np.array_equal(a[0]["W"], c[0]["W"])
+
+
+def test_backprop_and_autodiff_engines_reach_the_same_parameters(moons):
+    a, _ = _run(moons, epochs=5, grad="backprop")
+    b, _ = _run(moons, epochs=5, grad="autodiff")
+    # float32, 30 optimizer steps: differences start at rounding level and stay small.
+    assert_trees_close(a, b, rtol=1e-4, what="engines")
+
+
+def test_no_recompilation_across_epochs(moons):
+    with jax.log_compiles(True):
+        import logging
+
+        records = []
+        handler = logging.Handler()
+        handler.emit = records.append
+        logger = logging.getLogger("jax")
+        logger.addHandler(handler)
+        try:
+            _run(moons, epochs=2, eval_data=moons[1])
+            first = len(records)
+            records.clear()
+            _run(moons, epochs=6, eval_data=moons[1])
+        finally:
+            logger.removeHandler(handler)
+    # Six epochs compile exactly what two did: nothing per epoch.
+    assert first > 0 and len(records) == first
+
+
+def test_partial_batch_policy(moons):
+    (x, y), _ = moons
+    model = mlp([3, 2], "tanh")
+    _, params = model.init(jax.random.PRNGKey(0), (2,))
+    sgd = optax.sgd(0.0)  # no movement: only the number of steps shows
+    _, history = fit(
+        model,
+        softmax_cross_entropy,
+        params,
+        (x[:70], y[:70]),
+        optimizer=optax.chain(sgd),
+        epochs=1,
+        batch_size=32,
+        key=KEY,
+        progress=False,
+    )
+    assert np.isfinite(history["loss"][0])
+    # A batch larger than the data becomes the whole data: one full-batch step.
+    _, history = fit(
+        model,
+        softmax_cross_entropy,
+        params,
+        (x[:10], y[:10]),
+        optimizer=sgd,
+        epochs=1,
+        batch_size=64,
+        key=KEY,
+        progress=False,
+    )
+    full = float(softmax_cross_entropy.apply(model.apply(params, x[:10]), y[:10]))
+    assert history["loss"][0] == pytest.approx(full, rel=1e-6)
+
+
+def test_resume_reaches_the_uninterrupted_parameters(moons, tmp_path):
+    whole, _ = _run(moons, epochs=6, checkpoint_dir=tmp_path / "a")
+    _run(moons, epochs=4, checkpoint_dir=tmp_path / "b", checkpoint_every=2)
+    resumed, history = _run(moons, epochs=6, checkpoint_dir=tmp_path / "b", resume=True)
+    assert len(history["loss"]) == 6
+    for u, v in zip(jax.tree.leaves(whole), jax.tree.leaves(resumed)):
+        assert np.array_equal(u, v)
+    with pytest.raises(ValueError, match="different key"):
+        _run(moons, epochs=6, checkpoint_dir=tmp_path / "b", resume=True, key=jax.random.PRNGKey(1))
+
+
+def test_divergence_stops_and_keeps_the_last_good_checkpoint(moons, tmp_path):
+    # A sane rate for 3 epochs' worth of steps (6 per epoch), then NaN.
+    def lr(count):
+        return jnp.where(count < 18, 1e-2, jnp.nan)
+
+    with pytest.raises(
+        TrainingDiverged, match=r"became (nan|inf) in epoch 4.*epoch 3.*checkpoint"
+    ) as info:
+        _run(moons, epochs=8, optimizer=optax.sgd(lr), checkpoint_dir=tmp_path)
+    assert len(info.value.history["loss"]) == 3
+    assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(info.value.params))
+    _, metadata = checkpoint.load(tmp_path / CHECKPOINT_NAME)
+    assert metadata["epoch"] == 3
+
+
+@pytest.mark.parametrize(
+    "change, error, match",
+    [
+        (lambda x, y: (x[:10], y[:9]), ValueError, "10 examples but y has 9"),
+        (lambda x, y: (x.at[3, 1].set(jnp.nan), y), ValueError, "1 NaN or inf"),
+        (lambda x, y: (x, y.at[0].set(5)), ValueError, r"labels span \[0, 5\].*2 outputs"),
+        (lambda x, y: (x[:0], y[:0]), ValueError, "empty"),
+        (lambda x, y: [x], TypeError, "pair"),
+    ],
+)
+def test_bad_data_is_refused_before_compiling(moons, change, error, match):
+    (x, y), _ = moons
+    data = change(jnp.asarray(x), jnp.asarray(y))
+    with pytest.raises(error, match=match):
+        _run((data, None))
+
+
+@pytest.mark.parametrize(
+    "options, match",
+    [
+        ({"epochs": 0}, "epochs must be positive"),
+        ({"batch_size": -1}, "batch_size must be positive"),
+        ({"grad": "numeric"}, "unknown gradient engine 'numeric'"),
+    ],
+)
+def test_bad_settings_are_refused(moons, options, match):
+    with pytest.raises(ValueError, match=match):
+        _run(moons, **options)
+
+
+def test_eval_data_is_validated_too(moons):
+    (x, y), _ = moons
+    with pytest.raises(ValueError, match="eval_data: x has 5 examples but y has 4"):
+        _run(moons, eval_data=(x[:5], y[:4]))
+
+
+def test_regression_and_custom_engine(key):
+    x = jax.random.normal(key, (64, 3))
+    y = x @ jnp.array([[1.0], [-2.0], [0.5]])
+    model = mlp([1])
+    _, params = model.init(key, (3,))
+    calls = []
+
+    def engine(model, loss, params, x, y, *, key=None):
+        calls.append(1)  # traced once: the engine runs inside the compiled epoch
+        return jax.value_and_grad(lambda p: loss.apply(model.apply(p, x), y))(params)
+
+    params, history = fit(
+        model,
+        mse,
+        params,
+        (x, y),
+        optimizer=optax.sgd(0.1),
+        epochs=30,
+        batch_size=16,
+        key=key,
+        grad=engine,
+        progress=False,
+    )
+    assert len(calls) == 1 and history["loss"][-1] < 1e-3
