@@ -31,7 +31,15 @@ from jaxbp._types import Array, Params, PRNGKey
 from jaxbp.backprop import autodiff, backprop
 from jaxbp.losses import MSE, BinaryCrossEntropy, SoftmaxCrossEntropy
 
-__all__ = ["fit", "evaluate", "make_step", "TrainingDiverged", "CHECKPOINT_NAME", "ENGINES"]
+__all__ = [
+    "fit",
+    "evaluate",
+    "make_step",
+    "make_epoch",
+    "TrainingDiverged",
+    "CHECKPOINT_NAME",
+    "ENGINES",
+]
 
 ENGINES: dict[str, Callable] = {"backprop": backprop, "autodiff": autodiff}
 CHECKPOINT_NAME = "checkpoint.npz"
@@ -85,8 +93,9 @@ def fit(
     path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
     if resume and path is not None and path.exists():
         params, opt_state, history, start = _restore(path, params, opt_state, key)
-    run_epoch = _compile_epoch(
-        model, loss, optimizer, engine, batch_size, len(x) // batch_size, mesh
+    steps = len(x) // batch_size
+    run_epoch = make_epoch(
+        model, loss, optimizer, engine, batch_size=batch_size, steps=steps, mesh=mesh
     )
     run_eval = _compile_eval(model, loss, _accuracy_kind(loss, eval_data))
     params, opt_state, x, y = _place(mesh, params, opt_state, x, y)
@@ -149,7 +158,21 @@ def evaluate(run_eval: Callable, params: Params, data: tuple[Array, Array]) -> d
 # Compiled pieces
 
 
-def _compile_epoch(model, loss, optimizer, engine, batch_size, steps, mesh) -> Callable:
+def make_epoch(
+    model: Any,
+    loss: Any,
+    optimizer: optax.GradientTransformation,
+    grad: str | Callable = "backprop",
+    *,
+    batch_size: int,
+    steps: int,
+    mesh: Mesh | None = None,
+) -> Callable:
+    """A whole epoch, jitted: (params, opt_state, x, y, key) -> (params, opt_state, mean loss).
+
+    It shuffles x: (n, ...) and y with key, then scans `steps` optimizer steps of `batch_size`.
+    """
+    engine = _engine(grad)
     batch = None if mesh is None else NamedSharding(mesh, PartitionSpec("batch"))
 
     def epoch(params, opt_state, x, y, key):

@@ -1,0 +1,80 @@
+"""The benchmark's results as Markdown tables (the JSON holds every number)."""
+
+from __future__ import annotations
+
+
+def _t(seconds: float) -> str:
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.1f} us"
+    return f"{seconds * 1e3:.2f} ms" if seconds < 1 else f"{seconds:.2f} s"
+
+
+def _r(r: dict) -> str:
+    return f"{r['median']:.3f} ({r['q25']:.3f}-{r['q75']:.3f})"
+
+
+def _header(*names: str) -> str:
+    return "| " + " | ".join(names) + " |\n|" + " --- |" * len(names)
+
+
+def to_markdown(results: dict) -> str:
+    env = results["environment"]
+    torch = env["torch"] or "not installed"
+    lines = [
+        f"Machine: {env['cpus']} CPU cores ({env['machine']}, {env['device']}), "
+        f"Python {env['python']}, jax {env['jax']}, jaxlib {env['jaxlib']}, numpy {env['numpy']}, "
+        f"torch {torch}; {env['date']}{' (quick run)' if results['quick'] else ''}. "
+        "Ratios: median (interquartile range) of paired, interleaved samples.",
+        "",
+        _header(
+            "config",
+            "backprop grad",
+            "jax.grad",
+            "backprop / jax.grad",
+            "train step ratio",
+            "compile bp / jax.grad",
+        ),
+    ]
+    for name, r in results["configs"].items():
+        g, s = r["gradient"], r["step"]
+        lines.append(
+            f"| {name}: {r['config']} | {_t(g['backprop_s'])} | {_t(g['jax_grad_s'])} | "
+            f"{_r(g['ratio'])} | "
+            f"{_r(s['ratio'])} | {_t(g['compile_backprop_s'])} / {_t(g['compile_jax_grad_s'])} |"
+        )
+    lines += [
+        "",
+        _header(
+            "config",
+            "jaxbp step in compiled epoch",
+            "loop of jitted steps",
+            "scan / loop",
+            "NumPy by hand",
+            "NumPy / epoch step",
+            "PyTorch eager",
+            "PyTorch / jitted step",
+        ),
+    ]
+    for name, r in results["configs"].items():
+        e, p = r["epoch"], r["peers"]
+        torch = (
+            f"{_t(p['torch_s'])} | {_r(p['torch_over_jaxbp'])}" if "torch_s" in p else "n/a | n/a"
+        )
+        lines.append(
+            f"| {name} | {_t(e['scan_step_s'])} | {_t(e['loop_step_s'])} | {_r(e['ratio'])} | "
+            f"{_t(p['numpy_s'])} | {p['numpy_s'] / e['scan_step_s']:.2f} | {torch} |"
+        )
+    roof = {n: r["roofline"] for n, r in results["configs"].items() if "roofline" in r}
+    if roof:
+        lines += [
+            "",
+            _header(
+                "config", "train step", "its bare matmuls", "fraction of roofline", "matmul GFLOP/s"
+            ),
+        ]
+        for name, r in roof.items():
+            lines.append(
+                f"| {name} | {_t(r['step_s'])} | {_t(r['bare_matmul_s'])} | "
+                f"{_r(r['fraction_of_roofline'])} | {r['matmul_gflops']:.1f} |"
+            )
+    return "\n".join(lines)
