@@ -5,8 +5,16 @@ chains them in a reverse sweep; `autodiff` (jax.grad) is the referee; `jaxbp.che
 rule; `jaxbp.train` runs compiled training loops with optax.
 """
 
-from jaxbp import layers, losses
+from jaxbp import checkpoint, datasets, explain, feedback, layers, losses, signals, train
 from jaxbp.backprop import autodiff, backprop, to_custom_vjp
+from jaxbp.feedback import (
+    Engine,
+    alignment,
+    direct_feedback_alignment,
+    engine_from_rules,
+    feedback_alignment,
+    feedback_rule,
+)
 from jaxbp.layers import (
     Dense,
     Elu,
@@ -26,13 +34,17 @@ from jaxbp.layers import (
     serial,
 )
 from jaxbp.losses import binary_cross_entropy, mse, softmax_cross_entropy
+from jaxbp.signals import LayerSignals, backprop_with_signals, signal_stats, to_floats
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "layers", "losses",
+    "layers", "losses", "train", "datasets", "checkpoint", "explain", "signals", "feedback",
     "backprop", "autodiff", "to_custom_vjp",
     "Dense", "Sigmoid", "Tanh", "Relu", "LeakyRelu", "Elu", "Gelu", "Softplus", "Silu",
     "Identity", "Softmax", "LogSoftmax", "Flatten", "serial", "mlp", "activation",
     "mse", "binary_cross_entropy", "softmax_cross_entropy",
+    "backprop_with_signals", "LayerSignals", "signal_stats", "to_floats",
+    "Engine", "engine_from_rules", "feedback_rule", "feedback_alignment",
+    "direct_feedback_alignment", "alignment",
 ]  # fmt: skip
