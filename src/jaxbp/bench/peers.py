@@ -90,8 +90,8 @@ def torch_step(sizes, activation, output_activation, loss, lr=1e-2) -> Callable 
         return value
 
     def to_torch(x, y):
-        return torch.from_numpy(np.asarray(x)), torch.from_numpy(
-            np.asarray(y).astype(np.int64 if loss != "mse" else np.float32)
+        return torch.from_numpy(np.array(x)), torch.from_numpy(
+            np.array(y).astype(np.int64 if loss != "mse" else np.float32)
         )
 
     step.convert = to_torch
