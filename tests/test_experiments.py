@@ -1,0 +1,142 @@
+"""experiments/: every script runs with --quick and writes sane JSON and valid PNGs.
+
+Each script runs in its own process, as a user would run it; nothing here imports them.
+Every experiments/*.py not starting with "_" is discovered, so a new experiment is tested the day
+it lands: at least its exit status, a JSON file and a PNG; the known ones are checked further.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENTS = ROOT / "experiments"
+SCRIPTS = sorted(p for p in EXPERIMENTS.glob("*.py") if not p.name.startswith("_"))
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+TIMEOUT_S = 180  # --quick aims at ~20 s; a loaded CI runner gets generous slack
+
+
+def run_quick(script: Path, out: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(script), "--out", str(out), "--quick"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+    )
+
+
+def assert_png(path: Path) -> None:
+    """A real PNG: the signature, an IHDR chunk first, and a plausible picture size."""
+    data = path.read_bytes()
+    assert data[:8] == PNG_SIGNATURE, f"{path.name} is not a PNG"
+    assert data[12:16] == b"IHDR", f"{path.name}: no IHDR chunk"
+    width, height = struct.unpack(">II", data[16:24])
+    assert 100 <= width <= 3000 and 100 <= height <= 3000, (path.name, width, height)
+
+
+def finite(*values) -> bool:
+    return all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
+
+
+# ---------------------------------------------------------------------------------------------
+# What each known experiment must report: its PNGs and a check of its numbers.
+
+
+def check_seed_example(r: dict) -> None:
+    assert r["solved"] is True and isinstance(r["solved_from_step"], int)
+    assert 0 < r["final_cost"] < 0.01
+    assert r["dC_dv1_factor_product_vs_backprop_max_abs_diff"] < 1e-6
+    trajectory = r["trajectory"]
+    lengths = {len(v) for v in trajectory.values()}
+    assert len(lengths) == 1 and lengths.pop() > 10
+    assert all(0 < f <= 0.25 for f in trajectory["mean_fB_prime"])  # sigmoid' <= 1/4
+    assert 1 <= r["seed_sweep"]["n_solved"] <= len(r["seed_sweep"]["seeds"])
+
+
+def check_vanishing_gradients(r: dict) -> None:
+    sigmoid, tanh, relu = r["sigmoid"], r["tanh"], r["relu"]
+    assert 0.15 < sigmoid["measured_delta_factor"] < 0.25  # at most sigmoid's bound, 1/4
+    for name in ("sigmoid", "tanh", "relu"):
+        assert 0.9 < r[name]["measured_over_predicted"] < 1.1, name
+        assert len(r[name]["log10_first_layer_grad_norm_per_depth"]) == len(r["depths"])
+    assert tanh["measured_delta_factor"] > relu["measured_delta_factor"] > 0.5
+    # The first layer's gradient of a sigmoid net shrinks by many orders of magnitude with depth.
+    first = sigmoid["log10_first_layer_grad_norm_per_depth"]
+    assert first[-1] < first[0] - 10
+
+
+def check_gradient_precision(r: dict) -> None:
+    errors = r["errors"]
+    assert errors["float64: backprop vs jax.grad"]["largest"] < 1e-12
+    for name in ("float32: backprop vs jax.grad", "float32 backprop vs float64 truth"):
+        assert 0 < errors[name]["largest"] < 1e-4, name
+    assert 0.2 < r["float32_error_ratio_backprop_over_jax_grad"] < 5
+    assert len(r["table"]["rows"]) > 1
+
+
+def check_per_example_gradients(r: dict) -> None:
+    assert r["vmap_vs_loop"]["max_rel_diff"] < 1e-5
+    assert r["vmap_vs_vmap_jax_grad"]["max_rel_diff"] < 1e-4
+    assert r["test_accuracy"] > 0.5
+    norms = r["norms"]
+    assert norms["correct_count"] + norms["misclassified_count"] == 360
+    for timing in r["timing"].values():
+        assert finite(timing["vmap_median_s"], timing["loop_median_s"], timing["speedup"])
+        assert timing["vmap_median_s"] > 0 and timing["loop_median_s"] > 0
+
+
+KNOWN = {
+    "seed_example": (("factors.png", "cost.png"), check_seed_example),
+    "vanishing_gradients": (("per_layer.png", "depth.png"), check_vanishing_gradients),
+    "gradient_precision": (("errors.png",), check_gradient_precision),
+    "per_example_gradients": (("norms.png", "timing.png"), check_per_example_gradients),
+}
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=[p.stem for p in SCRIPTS])
+def test_quick_run(script, tmp_path):
+    out = tmp_path / script.stem
+    done = run_quick(script, out)
+    assert done.returncode == 0, f"{script.name} failed:\n{done.stdout}\n{done.stderr[-3000:]}"
+    jsons, pngs = sorted(out.glob("*.json")), sorted(out.glob("*.png"))
+    assert jsons, f"{script.name} wrote no JSON"
+    assert pngs, f"{script.name} wrote no PNG"
+    for path in pngs:
+        assert_png(path)
+    results = [json.loads(path.read_text()) for path in jsons]  # valid JSON, all of it
+    if script.stem in KNOWN:
+        names, check = KNOWN[script.stem]
+        assert {p.name for p in pngs} >= set(names)
+        check(json.loads((out / "results.json").read_text()))
+    else:
+        assert all(isinstance(r, dict) and r for r in results)
+
+
+def test_scripts_were_found():
+    assert {p.stem for p in SCRIPTS} >= set(KNOWN)
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=[p.stem for p in SCRIPTS])
+def test_script_uses_only_public_api(script):
+    """Experiments show how to use jaxbp: no private modules or names."""
+    source = script.read_text()
+    private = re.findall(r"jaxbp(?:\.\w+)*\._\w+|from jaxbp(?:\.\w+)* import .*\b_\w+", source)
+    assert not private, f"{script.name} uses private jaxbp names: {private}"
+    assert '"""' in source.split("\n", 1)[0] and "Usage:" in source, "docstring with usage"
+
+
+def test_nothing_imports_experiments():
+    """Experiments are leaves: neither the package nor the tests import them."""
+    names = "|".join(["experiments", "_common", *(p.stem for p in SCRIPTS)])
+    pattern = re.compile(rf"^\s*(?:from|import)\s+(?:{names})\b", re.MULTILINE)
+    for path in [*ROOT.joinpath("src").rglob("*.py"), *ROOT.joinpath("tests").rglob("*.py")]:
+        assert not pattern.search(path.read_text()), f"{path} imports an experiment"
