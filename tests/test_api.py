@@ -10,6 +10,9 @@ import jaxbp
 
 CONTRACT = {
     "jaxbp": ["backprop", "autodiff", "to_custom_vjp"],
+    "jaxbp.check": ["check_layer", "check_loss", "check_backprop", "check_vjp"],
+    "jaxbp.train": ["fit"],
+    "jaxbp.datasets": ["load"],
     "jaxbp.layers": [
         "Dense", "Sigmoid", "Tanh", "Relu", "LeakyRelu", "Elu", "Gelu", "Softplus", "Silu",
         "Identity", "Softmax", "LogSoftmax", "Flatten", "serial", "mlp", "activation",
@@ -31,7 +34,15 @@ def test_contract_names(module, names):
 
 
 def test_submodule_all_lists_are_importable():
-    for module in ("jaxbp.layers", "jaxbp.losses", "jaxbp.backprop"):
+    for module in (
+        "jaxbp.layers",
+        "jaxbp.losses",
+        "jaxbp.backprop",
+        "jaxbp.check",
+        "jaxbp.train",
+        "jaxbp.signals",
+        "jaxbp.feedback",
+    ):
         mod = importlib.import_module(module)
         for name in mod.__all__:
             assert hasattr(mod, name), f"{module}.{name}"

@@ -5,8 +5,9 @@ chains them in a reverse sweep; `autodiff` (jax.grad) is the referee; `jaxbp.che
 rule; `jaxbp.train` runs compiled training loops with optax.
 """
 
-from jaxbp import checkpoint, datasets, explain, feedback, layers, losses, signals, train
+from jaxbp import check, checkpoint, datasets, explain, feedback, layers, losses, signals, train
 from jaxbp.backprop import autodiff, backprop, to_custom_vjp
+from jaxbp.check import CheckReport, check_backprop, check_layer, check_loss, check_vjp
 from jaxbp.feedback import (
     Engine,
     alignment,
@@ -40,6 +41,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "layers", "losses", "train", "datasets", "checkpoint", "explain", "signals", "feedback",
+    "check", "check_layer", "check_loss", "check_backprop", "check_vjp", "CheckReport",
     "backprop", "autodiff", "to_custom_vjp",
     "Dense", "Sigmoid", "Tanh", "Relu", "LeakyRelu", "Elu", "Gelu", "Softplus", "Silu",
     "Identity", "Softmax", "LogSoftmax", "Flatten", "serial", "mlp", "activation",

@@ -8,12 +8,12 @@ import math
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-__all__ = ["Tolerances", "Row", "CheckReport", "TOLERANCES", "summary_table"]
+__all__ = ["Tolerances", "Row", "CheckReport", "TOLERANCES", "summary_table", "jsonable"]
 
 # The three references, in column order: name in the table, and what each column measures.
 COLUMNS = {
     "vjp": "||hand - jax.vjp|| / ||jax.vjp||, over the leaf",
-    "fd": "central finite differences of <ct, f> along random directions, error / (|u| |grad|)",
+    "fd": "central differences of <ct, f> along random directions u: error / (|u| |grad|)",
     "dot": "<J u, ct> by jax.jvp against <u, J^T ct> by the hand rule, error / (|u| |grad|)",
 }
 
@@ -29,7 +29,7 @@ class Tolerances(NamedTuple):
 # The reasons for each number are in the docstring of jaxbp.check.
 TOLERANCES = {
     "float64": Tolerances(vjp=1e-10, fd=1e-6, dot=1e-10),
-    "float32": Tolerances(vjp=1e-4, fd=1e-2, dot=1e-4),
+    "float32": Tolerances(vjp=1e-4, fd=1e-4, dot=1e-4),
 }
 
 
@@ -89,6 +89,7 @@ class CheckReport:
             "ok": self.ok,
             "dtype": self.dtype,
             "tolerances": self.tolerances._asdict(),
+            "columns": COLUMNS,
             "rows": [
                 {**dataclasses.asdict(r), "ok": not r.failures(self.tolerances)} for r in self.rows
             ],
@@ -96,7 +97,7 @@ class CheckReport:
         }
 
     def to_json(self, **kwargs: Any) -> str:
-        return json.dumps(_finite(self.to_dict()), **kwargs)
+        return json.dumps(jsonable(self.to_dict()), **kwargs)
 
     def raise_if_failed(self) -> CheckReport:
         """Raise AssertionError carrying the table when the check failed; else return self."""
@@ -125,15 +126,18 @@ def _table(rows: Sequence[Sequence[str]]) -> list[str]:
     return ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
 
 
-def _finite(tree: Any) -> Any:
-    """JSON has no NaN or infinity: write them as strings."""
+def jsonable(tree: Any) -> Any:
+    """The tree with NaN and infinities as strings (JSON has neither) and tuples as lists."""
     if isinstance(tree, dict):
-        return {k: _finite(v) for k, v in tree.items()}
+        return {k: jsonable(v) for k, v in tree.items()}
     if isinstance(tree, (list, tuple)):
-        return [_finite(v) for v in tree]
+        return [jsonable(v) for v in tree]
     if isinstance(tree, float) and not math.isfinite(tree):
         return str(tree)
     return tree
+
+
+_WIDTH = 64  # of a title in the summary; the full title heads the report's own table
 
 
 def summary_table(reports: Sequence[CheckReport]) -> str:
@@ -143,6 +147,7 @@ def summary_table(reports: Sequence[CheckReport]) -> str:
     for rep in reports:
         worst = rep.worst()
         bad = {k for r in rep.rows for k in r.failures(rep.tolerances)}
-        body.append([rep.title, *(_fmt(worst[k], k in bad) for k in COLUMNS)])
+        title = rep.title if len(rep.title) <= _WIDTH else rep.title[: _WIDTH - 3] + "..."
+        body.append([title, *(_fmt(worst[k], k in bad) for k in COLUMNS)])
         body[-1].append("ok" if rep.ok else "FAIL")
     return "\n".join(_table([head, *body]))

@@ -1,0 +1,317 @@
+"""Verification: is a hand-written backward rule right? Three referees, leaf by leaf.
+
+Every check is one question about a function f(*primals) -> out and a hand-written rule that
+maps a cotangent ct of out to one cotangent per primal (J^T ct). With a random ct, each leaf of
+each primal (each parameter of each layer, and the input x) is compared with three references:
+
+    vjp  the exact J^T ct from jax.vjp of f:     ||hand - ref|| / ||ref||, norms over the leaf.
+    fd   central differences of s = <ct, f> along random directions u, one leaf at a time:
+         |ds/du - <u, hand>| / (||u|| ||hand||). Steps h/8 and h, h = eps^(1/3) times the
+         leaf's scale; the better counts, less t |s''| / 2, which bounds what a relu kink
+         crossed within the step t can cost. A kink exactly at the point (s'' growing as 1/t)
+         leaves that direction unjudged ("-" when no direction is left).
+    dot  the dot-product test <J u, ct> = <u, J^T ct>, J u by jax.jvp, J^T ct by the hand rule:
+         |<J u, ct> - <u, hand>| / (||u|| ||hand||).
+
+Inputs are drawn with both signs (half of them negative, |x| ~ 2|N(0, 1)|), so a rule wrong on
+one side of a kink is caught; layer params are layer.init's nudged by N(0, 0.1^2), so that zero
+biases do not sit relu kinks on the checked point and a factor that init sets to 1 still shows.
+Before any number, the rule's output must have the tree structure, shapes and dtypes of the
+primals: a difference is a failing row that says what differs, never an exception.
+
+Tolerances (override with `tolerances=`):
+    float64 (the default): vjp and dot 1e-10. The rule and jax.vjp compute the same formulas in
+        another order, so they agree to ~1e-15 per operation and ~1e-13 over a deep model;
+        1e-10 leaves room for conditioning yet catches a 1.0001x factor. fd 1e-6: central
+        differences are good to ~1e-10 here; 1e-6 absorbs rounding in deep models and still
+        catches a 1.01x factor.
+    float32: vjp and dot 1e-4. Rounding alone (eps = 1.2e-7) grows over reductions, reordered
+        sums and layers to ~1e-6, more where sigmoid's y(1 - y) loses digits; 1e-4 is that
+        with margin, and still catches 1.01x. Finite differences in float32 would lose half
+        their digits, so even a float32 check takes them in float64 (the rule and jax.vjp run
+        in float32); fd 1e-4, since the float32 rule itself is only good to ~1e-6.
+Float64 runs inside `jaxbp._compat.enable_x64()`: the caller's global JAX configuration is left
+as it was. Random draws come from NumPy, seeded by `key`; a check compiles once per (rule,
+shapes) and reuses it for every key.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxbp._check_measure import Options, run
+from jaxbp._check_report import (
+    TOLERANCES,
+    CheckReport,
+    Row,
+    Tolerances,
+    jsonable,
+    summary_table,
+)
+from jaxbp._compat import enable_x64
+from jaxbp._types import Array, Params, PRNGKey, Shape
+from jaxbp.backprop import backprop
+from jaxbp.losses import BinaryCrossEntropy, SoftmaxCrossEntropy
+
+__all__ = [
+    "check_vjp", "check_layer", "check_loss", "check_backprop", "CheckReport", "Row",
+    "Tolerances", "TOLERANCES", "TARGETS", "summary_table", "jsonable",
+]  # fmt: skip
+
+Key = PRNGKey | int
+TARGETS = ("auto", "normal", "unit", "labels", "probs")
+
+
+# ---------------------------------------------------------------------------------------------
+# What is checked: fun(aux, *primals) -> out, which JAX differentiates for the references, and
+# hand(aux, *primals, ct) -> one cotangent per primal, the rule under test. `aux` is data that
+# is not differentiated (targets, inputs); pairs are hashable, so compilations are reused.
+
+
+class _Pair:
+    strict = False  # whether the cotangents must come as a tuple, not any sequence
+
+    def values(self, aux, *primals):  # () or (value, reference value) to compare
+        return ()
+
+
+@dataclasses.dataclass(frozen=True)
+class _VJPPair(_Pair):
+    fwd: Callable
+    bwd: Callable
+    strict = True  # jax.custom_vjp's convention
+
+    def fun(self, aux, *p):
+        return self.fwd(*p)[0]
+
+    def hand(self, aux, *p, ct):
+        return self.bwd(self.fwd(*p)[1], ct)
+
+
+@dataclasses.dataclass(frozen=True)
+class _LayerPair(_Pair):
+    layer: Any
+
+    def fun(self, aux, params, x):
+        return self.layer.forward(params, x)[0]
+
+    def hand(self, aux, params, x, ct):
+        return tuple(self.layer.backward(params, self.layer.forward(params, x)[1], ct))
+
+
+@dataclasses.dataclass(frozen=True)
+class _LossPair(_Pair):
+    loss: Any
+
+    def fun(self, y, y_pred):
+        return self.loss.forward(y_pred, y)[0]
+
+    def hand(self, y, y_pred, ct):
+        return (self.loss.backward(self.loss.forward(y_pred, y)[1], ct),)
+
+
+@dataclasses.dataclass(frozen=True)
+class _BackpropPair(_Pair):
+    model: Any
+    loss: Any
+
+    def fun(self, data, params):
+        return self.loss.apply(self.model.apply(params, data[0]), data[1])
+
+    def hand(self, data, params, ct):
+        grads = backprop(self.model, self.loss, params, *data)[1]
+        return (jax.tree.map(lambda g: (ct * g).astype(jnp.result_type(g)), grads),)
+
+    def values(self, data, params):
+        return backprop(self.model, self.loss, params, *data)[0], self.fun(data, params)
+
+
+# ---------------------------------------------------------------------------------------------
+# Public checks
+
+
+def check_vjp(
+    fwd: Callable, bwd: Callable, *primals: Any, key: Key = 0, dtype: str = "float64",
+    directions: int = 3, tolerances: Tolerances | dict | None = None,
+) -> CheckReport:  # fmt: skip
+    """Check a rule in jax.custom_vjp's convention at `primals` (pytrees of floats):
+    fwd(*primals) -> (out, residuals); bwd(residuals, ct) -> one cotangent per primal, a tuple."""
+    opts = _options(dtype, directions, tolerances)
+    with _precision(dtype):
+        primals = _cast(tuple(primals), dtype)
+        if not all(jnp.issubdtype(a.dtype, jnp.floating) for a in jax.tree.leaves(primals)):
+            raise TypeError("check_vjp: every primal must be a pytree of floating-point arrays")
+        labels = tuple(f"arg{i}" for i in range(len(primals)))
+        name = getattr(fwd, "__name__", repr(fwd))
+        title = f"vjp of {name}({', '.join(map(_describe, primals))})"
+        names = lambda i, path: labels[i] + jax.tree_util.keystr(path)  # noqa: E731
+        return run(_VJPPair(fwd, bwd), primals, None, _rng(key), title, names, labels, opts)
+
+
+def check_layer(
+    layer: Any, input_shape: Shape, *, key: Key = 0, dtype: str = "float64", batch_size: int = 8,
+    directions: int = 3, tolerances: Tolerances | dict | None = None, params: Params = None,
+    x: Array | None = None,
+) -> CheckReport:  # fmt: skip
+    """Check layer.backward at params from layer.init (nudged; or `params`) and inputs
+    x: (batch_size, *input_shape) of both signs (or `x`); a row per parameter leaf and for x."""
+    opts = _options(dtype, directions, tolerances)
+    rng = _rng(key)
+    with _precision(dtype):
+        if params is None:
+            params = layer.init(_jax_key(key), tuple(input_shape))[1]
+            params = jax.tree.map(
+                lambda a: np.asarray(a) + 0.1 * rng.standard_normal(a.shape), params
+            )
+        if x is None:
+            x = _both_signs(rng, (batch_size, *input_shape))
+        params, x = _cast((params, x), dtype)
+
+        def names(i, path):
+            return _leaf_name(layer, path) if i == 0 else "x" + jax.tree_util.keystr(path)
+
+        title = f"{_short(layer)} on x{tuple(x.shape)}"
+        return run(_LayerPair(layer), (params, x), None, rng, title, names, ("params", "x"), opts)
+
+
+def check_loss(
+    loss: Any, y_pred_shape: Shape = (8, 5), *, targets: str | Array = "auto", key: Key = 0,
+    dtype: str = "float64", directions: int = 3, tolerances: Tolerances | dict | None = None,
+) -> CheckReport:  # fmt: skip
+    """Check loss.backward(residuals, g) at a random g and y_pred: y_pred_shape of both signs.
+
+    targets: an array, or how to draw them: "normal" floats, "unit" floats in [0, 1], integer
+    "labels" of shape (batch,), probability rows "probs"; "auto" picks labels for softmax
+    cross-entropy, unit floats for binary cross-entropy, normal floats otherwise.
+    """
+    opts = _options(dtype, directions, tolerances)
+    rng = _rng(key)
+    with _precision(dtype):
+        y_pred = _cast(_both_signs(rng, tuple(y_pred_shape)), dtype)
+        y, kind = _targets(loss, targets, rng, tuple(y_pred.shape), dtype)
+        title = f"{loss!r} on y_pred{tuple(y_pred.shape)}, targets: {kind}"
+        names = lambda i, path: "y_pred"  # noqa: E731
+        return run(_LossPair(loss), (y_pred,), y, rng, title, names, ("y_pred",), opts)
+
+
+def check_backprop(
+    model: Any, loss: Any, params: Params, x: Array, y: Array, *, key: Key = 0,
+    dtype: str = "float64", directions: int = 3, tolerances: Tolerances | dict | None = None,
+) -> CheckReport:  # fmt: skip
+    """Check jaxbp.backprop(model, loss, params, x, y): its gradient leaf by leaf, and its value
+    against loss.apply(model.apply(params, x), y)."""
+    opts = _options(dtype, directions, tolerances)
+    with _precision(dtype):
+        params, x, y = _cast((params, x, y), dtype)
+        title = f"backprop, {loss!r}, x{tuple(x.shape)}: {_short(model)}"
+        names = lambda i, path: _leaf_name(model, path)  # noqa: E731
+        pair = _BackpropPair(model, loss)
+        return run(pair, (params,), (x, y), _rng(key), title, names, ("params",), opts)
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs, names and options
+
+
+def _both_signs(rng: np.random.Generator, shape: Shape) -> np.ndarray:
+    """2|z| with z normal, half of the entries (at random places) negated."""
+    signs = rng.permutation(np.where(np.arange(int(np.prod(shape))) % 2 == 0, 1.0, -1.0))
+    return 2 * np.abs(rng.standard_normal(shape)) * signs.reshape(shape)
+
+
+def _targets(loss: Any, targets: str | Array, rng: np.random.Generator, shape: Shape, dtype: str):
+    if not isinstance(targets, str):
+        return _cast(targets, dtype), "given"
+    kind = targets
+    if kind == "auto":
+        kind = "labels" if isinstance(loss, SoftmaxCrossEntropy) else "normal"
+        kind = "unit" if isinstance(loss, BinaryCrossEntropy) else kind
+    draw = {
+        "normal": lambda: rng.standard_normal(shape),
+        "unit": lambda: rng.uniform(size=shape),
+        "labels": lambda: rng.integers(0, shape[-1], size=shape[:1]),
+        "probs": lambda: _softmax(2 * rng.standard_normal(shape)),
+    }
+    if kind not in draw:
+        raise ValueError(f"targets must be an array or one of {', '.join(TARGETS)}, got {kind!r}")
+    return _cast(draw[kind](), dtype), kind
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _leaf_name(layer: Any, path: tuple) -> str:
+    """A leaf's path, each serial position named by its layer: "[2] Dense(features=3) ['W']"."""
+    layers = getattr(layer, "layers", None)
+    head = path[0] if path else None
+    if isinstance(layers, (tuple, list)) and isinstance(head, jax.tree_util.SequenceKey):
+        if head.idx < len(layers):
+            inner = layers[head.idx]
+            label = "serial" if hasattr(inner, "layers") else _short(inner)
+            return f"[{head.idx}] {label} {_leaf_name(inner, path[1:])}".rstrip()
+    return jax.tree_util.keystr(tuple(path))
+
+
+def _short(layer: Any) -> str:
+    """repr with "()" dropped, a serial's layers likewise: "serial(Dense(features=3), Relu)"."""
+    if isinstance(getattr(layer, "layers", None), (tuple, list)):
+        return f"serial({', '.join(map(_short, layer.layers))})"
+    text = repr(layer)
+    return text[:-2] if text.endswith("()") else text
+
+
+def _describe(tree: Any) -> str:
+    if hasattr(tree, "shape") and hasattr(tree, "dtype"):
+        return f"{tree.dtype}{list(tree.shape)}"
+    return f"pytree of {len(jax.tree.leaves(tree))} arrays"
+
+
+def _cast(tree: Any, dtype: str) -> Any:
+    """Floating leaves to `dtype`, others as they are; through NumPy, so nothing compiles."""
+
+    def one(a):
+        a = np.asarray(a)
+        return jnp.asarray(a.astype(dtype) if np.issubdtype(a.dtype, np.floating) else a)
+
+    return jax.tree.map(one, tree)
+
+
+def _rng(key: Key) -> np.random.Generator:
+    if isinstance(key, (int, np.integer)):
+        return np.random.default_rng(int(key))
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        key = jax.random.key_data(key)
+    return np.random.default_rng(np.asarray(key).ravel().tolist())
+
+
+def _jax_key(key: Key) -> PRNGKey:
+    return jax.random.PRNGKey(int(key)) if isinstance(key, (int, np.integer)) else key
+
+
+def _precision(dtype: str) -> contextlib.AbstractContextManager:
+    return enable_x64() if dtype == "float64" else contextlib.nullcontext()
+
+
+def _options(dtype: str, directions: int, tolerances: Any) -> Options:
+    if dtype not in TOLERANCES:
+        raise ValueError(f"dtype must be one of {', '.join(TOLERANCES)}, got {dtype!r}")
+    if isinstance(directions, bool) or not isinstance(directions, int) or directions < 1:
+        raise ValueError(f"directions must be a positive int, got {directions!r}")
+    tol = TOLERANCES[dtype]
+    if isinstance(tolerances, dict):
+        unknown = set(tolerances) - set(Tolerances._fields)
+        if unknown:
+            raise ValueError(f"unknown tolerances {sorted(unknown)}; known: {Tolerances._fields}")
+        tol = tol._replace(**tolerances)
+    elif tolerances is not None:
+        tol = Tolerances(*tolerances)
+    return Options(dtype, directions, tol)

@@ -1,0 +1,509 @@
+"""jaxbp.check: it passes every correct rule over many keys and catches every planted mistake.
+
+The mutation suite plants one mistake of each common kind in a copy of a correct built-in (a
+subclass that overrides `backward`) and asserts that the check fails on exactly the right rows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import types
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxbp import layers as L
+from jaxbp import losses
+from jaxbp.check import CheckReport, check_backprop, check_layer, check_loss, check_vjp
+from jaxbp.cli import main
+
+SEEDS = range(20)  # a one-off run over 200 seeds found no false alarm either
+
+# (layer, per-example input shape), every built-in and option; shapes shared with `jaxbp check`
+# so that the CLI test reuses these compilations.
+LAYERS = [(L.activation(name), (5,)) for name in L.ACTIVATIONS] + [
+    (L.LeakyRelu(0.3), (5,)), (L.Elu(0.5), (5,)), (L.Gelu(approximate=False), (5,)),
+    (L.Dense(3), (4,)), (L.Flatten(), (2, 3)),
+    (L.serial(L.Flatten(), L.Dense(4), L.Tanh(), L.Dense(3)), (2, 3)),
+    (L.mlp([4, 3, 2], "relu", "softmax"), (3,)),
+    (L.mlp([4, 3, 3], "sigmoid", "log_softmax"), (3,)),
+]  # fmt: skip
+LOSSES = [
+    (losses.mse, "normal"), (losses.binary_cross_entropy, "unit"),
+    (losses.softmax_cross_entropy, "labels"), (losses.softmax_cross_entropy, "probs"),
+]  # fmt: skip
+
+
+def failing(report: CheckReport) -> set[str]:
+    return {row.name for row in report.rows if row.failures(report.tolerances)}
+
+
+# ---------------------------------------------------------------------------------------------
+# No false alarms
+
+
+@pytest.mark.parametrize("layer, shape", LAYERS, ids=[repr(a) for a, _ in LAYERS])
+def test_every_builtin_layer_passes_over_many_keys(layer, shape):
+    for seed in SEEDS:
+        report = check_layer(layer, shape, key=seed)
+        assert report.ok, f"seed {seed}\n{report}"
+    assert all(row.errors["vjp"] < 1e-12 for row in report.rows), report  # far inside 1e-10
+
+
+@pytest.mark.parametrize("loss, targets", LOSSES, ids=[f"{f!r}-{t}" for f, t in LOSSES])
+def test_every_builtin_loss_passes_over_many_keys(loss, targets):
+    for seed in SEEDS:
+        report = check_loss(loss, (8, 4), targets=targets, key=seed)
+        assert report.ok, f"seed {seed}\n{report}"
+
+
+def test_backprop_passes_on_models_over_many_keys():
+    model = L.mlp([4, 4, 3], "tanh")
+    _, params = model.init(jax.random.PRNGKey(0), (3,))
+    x = np.random.default_rng(0).normal(size=(6, 3))
+    y = np.arange(6) % 3
+    for seed in SEEDS:
+        report = check_backprop(model, losses.softmax_cross_entropy, params, x, y, key=seed)
+        assert report.ok, f"seed {seed}\n{report}"
+    assert [r.name for r in report.rows][:2] == [
+        "[0] Dense(features=4) ['W']",
+        "[0] Dense(features=4) ['b']",
+    ]
+
+
+FLOAT32 = [LAYERS[i] for i in (0, 2, 9, 14, 16)]  # sigmoid, relu, softmax, Dense, a serial
+
+
+@pytest.mark.parametrize("layer, shape", FLOAT32, ids=[repr(a) for a, _ in FLOAT32])
+def test_float32_passes_with_its_tolerances(layer, shape):
+    for seed in range(5):
+        report = check_layer(layer, shape, key=seed, dtype="float32")
+        assert report.ok and report.dtype == "float32", f"seed {seed}\n{report}"
+        assert {row.dtype for row in report.rows} == {"float32"}
+
+
+def test_relu_at_an_exact_kink_is_not_a_false_alarm():
+    # Dead units and zero biases put the second relu's inputs exactly at 0, where f has no
+    # derivative along b: finite differences see the kink and step aside; vjp and dot judge.
+    model = L.mlp([4, 4, 2], "relu")
+    _, params = model.init(jax.random.PRNGKey(1), (3,))
+    x = -np.abs(np.random.default_rng(1).normal(size=(6, 3)))
+    params = (dict(params[0], W=np.abs(params[0]["W"])), *params[1:])  # every first unit dead
+    report = check_backprop(model, losses.mse, params, x, np.ones((6, 2)))
+    assert report.ok, str(report)
+    kinked = [r.name for r in report.rows if r.errors["fd"] is None]
+    assert kinked == ["[2] Dense(features=4) ['b']"], str(report)
+
+
+def test_global_x64_flag_is_left_alone():
+    before = jax.config.jax_enable_x64
+    report = check_layer(L.Tanh(), (5,))
+    assert jax.config.jax_enable_x64 == before and report.dtype == "float64"
+    assert jnp.zeros(1).dtype == (jnp.float64 if before else jnp.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# The mutation suite: a planted mistake of every common kind, each caught on the right rows
+
+
+def mutant(base: type, name: str, backward) -> type:
+    return dataclasses.dataclass(frozen=True)(type(name, (base,), {"backward": backward}))
+
+
+def dense(change):
+    """A Dense whose rule is the right one, then changed: change(r) -> (dW, db, dx), where r has
+    the right dW, db, dx and the rule's inputs p (params), x and dy."""
+
+    def backward(self, params, x, dy):
+        d, dx = L.Dense.backward(self, params, x, dy)
+        r = types.SimpleNamespace(p=params, x=x, dy=dy, dW=d["W"], db=d["b"], dx=dx)
+        dW, db, dx = change(r)
+        return {"W": dW, "b": db}, dx
+
+    return mutant(L.Dense, "Mutant", backward)(4)  # square W, so a missing transpose still fits
+
+
+def elementwise(base: L.Layer, df) -> L.Layer:
+    """An activation whose derivative is df(self, saved) instead of the right one."""
+    fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(base)}
+    return mutant(type(base), "Mutant", lambda self, p, saved, dy: ((), dy * df(self, saved)))(
+        **fields
+    )
+
+
+def loss_mutant(base: losses.Loss, change) -> losses.Loss:
+    """A loss whose rule is change(residuals, g, right_answer)."""
+
+    def backward(self, residuals, g=1.0):
+        return change(residuals, g, type(base).backward(self, residuals, g))
+
+    return mutant(type(base), "Mutant", backward)()
+
+
+sig = jax.nn.sigmoid
+
+
+def normal_cdf(x):
+    return 0.5 * (1 + jax.scipy.special.erf(x / math.sqrt(2)))
+
+
+W, B, X, Y = "['W']", "['b']", "x", "y_pred"
+DENSE = [  # (id, change, the rows that must fail)
+    ("dW x2", lambda r: (2 * r.dW, r.db, r.dx), {W}),
+    ("dW x0.5", lambda r: (0.5 * r.dW, r.db, r.dx), {W}),
+    ("dW x1.01", lambda r: (1.01 * r.dW, r.db, r.dx), {W}),
+    ("db x1.0001", lambda r: (r.dW, 1.0001 * r.db, r.dx), {B}),
+    ("dW sign", lambda r: (-r.dW, r.db, r.dx), {W}),
+    ("dW transposed", lambda r: (r.dW.T, r.db, r.dx), {W}),
+    ("dx without transpose", lambda r: (r.dW, r.db, r.dy @ r.p["W"]), {X}),
+    ("db dropped", lambda r: (r.dW, 0 * r.db, r.dx), {B}),
+    ("db mean not sum", lambda r: (r.dW, r.dy.mean(0), r.dx), {B}),
+    ("dW drops a row's term", lambda r: (r.x[:-1].T @ r.dy[:-1], r.db, r.dx), {W}),
+    ("dx last row zeroed", lambda r: (r.dW, r.db, r.dx.at[-1].set(0)), {X}),
+    ("dx sign", lambda r: (r.dW, r.db, -r.dx), {X}),
+    ("dW gets db added", lambda r: (r.dW + r.db, r.db, r.dx), {W}),
+    ("dx NaN in one entry", lambda r: (r.dW, r.db, r.dx.at[0, 0].set(jnp.nan)), {X}),
+]
+ACTIVATION = [  # (id, correct layer, wrong derivative from the saved array)
+    ("sigmoid y not y(1-y)", L.Sigmoid(), lambda self, y: y),
+    ("tanh 1-y not 1-y^2", L.Tanh(), lambda self, y: 1 - y),
+    ("relu slope 1 for x<0", L.Relu(), lambda self, y: jnp.ones_like(y)),
+    ("leaky relu slope 1 for x<0", L.LeakyRelu(), lambda self, x: jnp.ones_like(x)),
+    ("leaky relu slope 0 for x<0", L.LeakyRelu(0.3), lambda self, x: (x > 0).astype(x.dtype)),
+    ("elu e^x - 1 for x<0", L.Elu(), lambda self, x: jnp.where(x > 0, 1.0, jnp.expm1(x))),
+    ("elu alpha for x>0", L.Elu(0.5), lambda self, x: jnp.where(x > 0, 0.5, 0.5 * jnp.exp(x))),
+    ("gelu drops x phi(x)", L.Gelu(approximate=False), lambda self, x: normal_cdf(x)),
+    ("softplus sigmoid(-x)", L.Softplus(), lambda self, x: sig(-x)),
+    ("silu drops a term", L.Silu(), lambda self, x: sig(x)),
+    ("gelu tanh form off by 1%", L.Gelu(), lambda self, x: 1.01 * L.Gelu().df(x)),
+]  # fmt: skip
+
+
+def softmax_no_sum(self, params, y, dy):
+    return (), y * dy  # the -sum(dy y) term dropped
+
+
+def log_softmax_no_sum(self, params, y, dy):
+    return (), dy - jnp.exp(y)  # sum(dy) taken as 1
+
+
+def flatten_wrong_order(self, params, carrier, dy):
+    b, (m, n) = dy.shape[0], carrier.shape[1:3]
+    return (), dy.reshape(b, n, m).transpose(0, 2, 1)  # right shape, wrong element order
+
+
+OTHER_LAYERS = [  # (id, layer, input shape, rows that must fail)
+    ("softmax drops sum term", mutant(L.Softmax, "Mutant", softmax_no_sum)(), (5,), {X}),
+    ("log-softmax drops sum(dy)", mutant(L.LogSoftmax, "Mutant", log_softmax_no_sum)(), (5,), {X}),
+    ("flatten wrong order", mutant(L.Flatten, "Mutant", flatten_wrong_order)(), (2, 3), {X}),
+]
+LOSS = [  # (id, loss, targets, change(residuals, g, right))
+    ("mse sum not mean", losses.mse, "normal", lambda r, g, right: g * r),
+    ("mse sign", losses.mse, "normal", lambda r, g, right: -right),
+    ("mse ignores g", losses.mse, "normal", lambda r, g, right: right / g),
+    ("bce sum not mean", losses.binary_cross_entropy, "unit", lambda r, g, right: g * r),
+    ("bce 1.01x", losses.binary_cross_entropy, "unit", lambda r, g, right: 1.01 * right),
+    ("ce labels sum not mean", losses.softmax_cross_entropy, "labels",
+     lambda r, g, right: right * len(r[0])),
+    ("ce labels off by one", losses.softmax_cross_entropy, "labels",
+     lambda r, g, right: g * (r[0] - jnp.roll(r[1], 1, axis=1)) / len(r[0])),
+    ("ce probs sign", losses.softmax_cross_entropy, "probs", lambda r, g, right: -right),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("change, rows", [m[1:] for m in DENSE], ids=[m[0] for m in DENSE])
+def test_mutant_dense_is_caught(change, rows):
+    report = check_layer(dense(change), (4,))
+    assert not report.ok and failing(report) == rows, str(report)
+
+
+@pytest.mark.parametrize("base, df", [m[1:] for m in ACTIVATION], ids=[m[0] for m in ACTIVATION])
+def test_mutant_activation_is_caught(base, df):
+    report = check_layer(elementwise(base, df), (5,))
+    assert not report.ok and failing(report) == {X}, str(report)
+    assert all(report.rows[0].errors[k] > getattr(report.tolerances, k) for k in ("vjp", "dot"))
+
+
+@pytest.mark.parametrize(
+    "layer, shape, rows", [m[1:] for m in OTHER_LAYERS], ids=[m[0] for m in OTHER_LAYERS]
+)
+def test_mutant_last_axis_layer_is_caught(layer, shape, rows):
+    report = check_layer(layer, shape)
+    assert not report.ok and failing(report) == rows, str(report)
+
+
+@pytest.mark.parametrize("base, targets, change", [m[1:] for m in LOSS], ids=[m[0] for m in LOSS])
+def test_mutant_loss_is_caught(base, targets, change):
+    report = check_loss(loss_mutant(base, change), (8, 4), targets=targets)
+    assert not report.ok and failing(report) == {Y}, str(report)
+    assert all(
+        report.rows[0].errors[k] > getattr(report.tolerances, k) for k in ("vjp", "fd", "dot")
+    )
+
+
+def test_mutant_inside_a_serial_is_named_by_position():
+    bad = dense(lambda r: (2 * r.dW, r.db, r.dx))
+    model = L.serial(L.Dense(4), L.Tanh(), bad, L.Sigmoid())
+    report = check_layer(model, (3,))
+    assert failing(report) == {"[2] Mutant(features=4) ['W']"}, str(report)
+    assert "[2] Mutant(features=4) ['W']" in str(report)
+
+
+def test_mutant_loss_fails_every_row_of_backprop():
+    model = L.mlp([4, 2], "tanh")
+    _, params = model.init(jax.random.PRNGKey(0), (3,))
+    x, y = np.ones((5, 3)), np.zeros((5, 2))
+    bad = loss_mutant(losses.mse, lambda r, g, right: g * r)
+    report = check_backprop(model, bad, params, x, y)
+    assert failing(report) == {r.name for r in report.rows} and len(report.rows) == 4, str(report)
+    assert check_backprop(model, losses.mse, params, x, y).ok
+
+
+def test_mutant_serial_that_forgets_to_chain_is_caught():
+    def backward(self, params, residuals, dy):  # every layer gets the output's cotangent
+        grads = [layer.backward(p, r, dy) for layer, p, r in zip(self.layers, params, residuals)]
+        return tuple(g for g, _ in grads), grads[0][1]
+
+    bad = mutant(L.Serial, "BadSerial", backward)((L.Dense(4), L.Tanh(), L.Dense(4)))
+    report = check_layer(bad, (4,))
+    assert failing(report) == {"[0] Dense(features=4) ['W']", "[0] Dense(features=4) ['b']", "x"}, (
+        str(report)
+    )
+
+
+def cube_fwd(x, y):
+    return x**3 * jnp.sin(y), (x, y)
+
+
+def cube_bwd(res, ct):
+    x, y = res
+    return 3 * x**2 * jnp.sin(y) * ct, x**3 * jnp.cos(y) * ct
+
+
+def cube_bwd_wrong(res, ct):
+    x, y = res
+    return 3 * x**2 * jnp.sin(y) * ct, -(x**3) * jnp.cos(y) * ct  # sign of dy flipped
+
+
+def test_check_vjp_passes_a_right_rule_and_names_the_wrong_argument():
+    x, y = np.linspace(-2, 2, 6), np.linspace(-1, 3, 6)
+    assert check_vjp(cube_fwd, cube_bwd, x, y).ok
+    report = check_vjp(cube_fwd, cube_bwd_wrong, x, y)
+    assert failing(report) == {"arg1"}, str(report)
+
+
+def test_check_vjp_takes_pytrees_of_primals():
+    def fwd(p, x):
+        return jnp.tanh(x @ p["W"]), (p, x)
+
+    def bwd(res, ct):
+        (p, x), t = res, jnp.tanh(res[1] @ res[0]["W"])
+        dz = ct * (1 - t * t)
+        return {"W": x.T @ dz}, dz @ p["W"].T
+
+    report = check_vjp(fwd, bwd, {"W": np.ones((3, 2)) / 3}, np.arange(12.0).reshape(4, 3) / 6)
+    assert report.ok and [r.name for r in report.rows] == ["arg0['W']", "arg1"], str(report)
+
+
+# Structure: a wrong tree, shape or dtype is a failing row that says what differs.
+def _dense_structure(change):
+    def backward(self, params, x, dy):
+        d, dx = L.Dense.backward(self, params, x, dy)
+        return change(d, dx)
+
+    return mutant(L.Dense, "Mutant", backward)(3)
+
+
+STRUCTURE = [  # (id, change(dparams, dx), failing row, words the problem must contain)
+    ("missing key", lambda d, dx: ({"W": d["W"]}, dx), B, "missing"),
+    ("extra key", lambda d, dx: ({**d, "c": d["b"]}, dx), "['c']", "unexpected"),
+    ("wrong shape", lambda d, dx: ({"W": d["W"].T, "b": d["b"]}, dx), W,
+     "shape (3, 4), expected (4, 3)"),
+    ("wrong dtype", lambda d, dx: ({"W": d["W"], "b": d["b"].astype(jnp.float32)}, dx), B,
+     "dtype float32"),
+    ("dx wrong dtype", lambda d, dx: (d, dx.astype(jnp.float32)), X,
+     "dtype float32, expected float64"),
+    ("dx batch summed", lambda d, dx: (d, dx.sum(0)), X, "shape (4,), expected (8, 4)"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "change, row, words", [m[1:] for m in STRUCTURE], ids=[m[0] for m in STRUCTURE]
+)
+def test_mutant_structure_is_a_failing_row(change, row, words):
+    report = check_layer(_dense_structure(change), (4,))
+    assert not report.ok and row in failing(report), str(report)
+    problem = next(r.problem for r in report.rows if r.name == row)
+    assert words in problem and words in str(report), str(report)
+
+
+def test_list_instead_of_tuple_is_caught():
+    def backward(self, params, residuals, dy):
+        dparams, dx = L.Serial.backward(self, params, residuals, dy)
+        return list(dparams), dx
+
+    bad = mutant(L.Serial, "ListSerial", backward)((L.Dense(3), L.Tanh()))
+    report = check_layer(bad, (4,))
+    assert failing(report) == {"params"} and "expected PyTreeDef((" in str(report), str(report)
+    assert all(r.errors["vjp"] is not None for r in report.rows if r.name != "params")
+
+
+def test_none_instead_of_empty_tuple_is_caught():
+    bad = mutant(L.Tanh, "Mutant", lambda self, p, y, dy: (None, dy * (1 - y * y)))()
+    assert failing(check_layer(bad, (5,))) == {"params"}
+
+
+@pytest.mark.parametrize(
+    "bwd, words",
+    [(lambda res, ct: list(cube_bwd(res, ct)), "must return a tuple"),
+     (lambda res, ct: cube_bwd(res, ct)[:1], "2 cotangent(s)"),
+     (lambda res, ct: res[0] @ np.ones((5, 5)), "raised TypeError")],
+    ids=["list", "one cotangent of two", "raises"],
+)  # fmt: skip
+def test_check_vjp_reports_a_broken_bwd(bwd, words):
+    report = check_vjp(cube_fwd, bwd, np.ones(6), np.ones(6))
+    assert not report.ok and words in str(report), str(report)
+
+
+@pytest.mark.parametrize(
+    "mutation", [DENSE[0], DENSE[4], DENSE[5]], ids=["x2", "sign", "transposed"]
+)
+def test_float32_catches_gross_mistakes(mutation):
+    report = check_layer(dense(mutation[1]), (4,), dtype="float32")
+    assert not report.ok and failing(report) == mutation[2], str(report)
+
+
+# ---------------------------------------------------------------------------------------------
+# The report and the options
+
+
+def test_report_table_json_and_assertion():
+    bad = dense(DENSE[0][1])
+    report = check_layer(bad, (4,))
+    text = str(report)
+    assert text.splitlines()[0] == "Mutant(features=4) on x(8, 4) [float64]: FAILED"
+    assert "leaf" in text and "vjp err" in text and "fd err" in text and "dot err" in text
+    data = json.loads(report.to_json())
+    assert data["ok"] is False and data == report.to_dict() | {"rows": data["rows"]}
+    assert [(r["name"], r["ok"]) for r in data["rows"]] == [(W, False), (B, True), (X, True)]
+    with pytest.raises(AssertionError, match=r"\['W'\]"):
+        report.raise_if_failed()
+    with pytest.raises(AssertionError):
+        report.assert_ok()
+    good = check_layer(L.Dense(3), (4,))
+    assert good.assert_ok() is good and bool(good)
+
+
+def test_tolerances_can_be_overridden_and_options_are_validated():
+    bad = dense(DENSE[2][1])  # 1.01x: caught at 1e-10, passed when 2% is allowed
+    assert not check_layer(bad, (4,)).ok
+    assert check_layer(bad, (4,), tolerances={"vjp": 0.02, "fd": 0.02, "dot": 0.02}).ok
+    with pytest.raises(ValueError, match="dtype"):
+        check_layer(L.Tanh(), (5,), dtype="float16")
+    with pytest.raises(ValueError, match="unknown tolerances"):
+        check_layer(L.Tanh(), (5,), tolerances={"atol": 1})
+    with pytest.raises(ValueError, match="targets"):
+        check_loss(losses.mse, targets="bogus")
+
+
+def test_given_inputs_and_targets_are_used():
+    x = np.full((2, 5), -1.0)  # negative inputs only: leaky relu's slope-1 mutant shows
+    bad = elementwise(L.LeakyRelu(), lambda self, x: jnp.ones_like(x))
+    assert not check_layer(bad, (5,), x=x).ok
+    assert check_layer(bad, (5,), x=-x).ok  # on positive inputs the mistake cannot be seen
+    y = np.array([0, 1, 2, 3])
+    report = check_loss(losses.softmax_cross_entropy, (4, 4), targets=y)
+    assert report.ok and "targets: given" in report.title
+
+
+# ---------------------------------------------------------------------------------------------
+# The command line
+
+
+def test_cli_checks_every_builtin(capsys):
+    assert main(["check"]) == 0
+    out = capsys.readouterr().out
+    assert "checks, all passed (float64, seed 0)" in out
+    for name in ("Sigmoid", "LogSoftmax", "Dense(features=3)", "softmax_cross_entropy", "backprop"):
+        assert name in out
+
+
+def test_cli_json_to_stdout(capsys):
+    assert main(["check", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["ok"] is True and data["dtype"] == "float64" and data["seed"] == 0
+    assert len(data["reports"]) == 25 and all(r["ok"] for r in data["reports"])
+    assert data["reports"][0]["rows"][0]["name"] == "x"
+
+
+USER_MODULE = '''
+import dataclasses
+import jax.numpy as jnp
+from jaxbp import layers as L
+
+@dataclasses.dataclass(frozen=True)
+class Cube(L.Layer):
+    """y = x^3; dy/dx = 3 x^2."""
+    def init(self, key, input_shape):
+        return tuple(input_shape), ()
+    def forward(self, params, x, *, key=None):
+        return x ** 3, x
+    def backward(self, params, x, dy):
+        return (), dy * 3 * x * x
+
+@dataclasses.dataclass(frozen=True)
+class BadCube(Cube):
+    def backward(self, params, x, dy):
+        return (), dy * 3 * x
+
+def make_loss():
+    from jaxbp import losses
+    return losses.mse
+'''
+
+
+@pytest.fixture
+def user_module(tmp_path, monkeypatch):
+    (tmp_path / "user_rules_for_check.py").write_text(USER_MODULE)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return "user_rules_for_check"
+
+
+def test_cli_checks_a_user_layer_and_loss(user_module, capsys, tmp_path):
+    assert main(["check", f"{user_module}:Cube", "--input-shape", "3"]) == 0
+    assert main(["check", f"{user_module}:make_loss", "--input-shape", "2"]) == 0
+    assert main(["check", f"{user_module}:Cube", "--input-shape", "3", "--dtype", "float32"]) == 0
+    out_file = tmp_path / "report.json"
+    assert (
+        main(["check", f"{user_module}:BadCube", "--input-shape", "3", "--json", str(out_file)])
+        == 1
+    )
+    out = capsys.readouterr().out
+    assert "BadCube on x(8, 3) [float64]: FAILED" in out and "1 FAILED" in out
+    assert json.loads(out_file.read_text())["ok"] is False
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [(["no_such_module_xyz:Layer", "--input-shape", "3"], "cannot import 'no_such_module_xyz'"),
+     (["{m}:Nope", "--input-shape", "3"], "has no attribute 'Nope'"),
+     (["{m}:Cube"], "--input-shape"),
+     (["{m}:Cube", "--input-shape", "3,a"], "integers"),
+     (["{m}"], "module:attribute"),
+     (["{m}:USER", "--input-shape", "3"], "not a layer or a loss"),
+     (["{m}:make_loss", "--targets", "bogus"], "targets must be"),
+     (["{m}:Cube", "--input-shape", "3", "--json", "{m}/no/such/dir.json"], "cannot write")],
+    ids=["missing module", "missing attribute", "no input shape", "bad shape", "no colon",
+         "not a layer", "bad targets", "unwritable json"],
+)  # fmt: skip
+def test_cli_bad_targets_exit_2_in_one_line(user_module, capsys, argv, words):
+    if argv[0] == "{m}:USER":
+        argv = [f"{user_module}:dataclasses", *argv[1:]]
+    assert main(["check", *(a.format(m=user_module) for a in argv)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("jaxbp check: error:") and "\n" not in err and words in err
