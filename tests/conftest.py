@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -39,6 +40,7 @@ def rel_error(a, b) -> float:
 
 def assert_trees_close(a, b, *, rtol: float, what: str = "trees") -> None:
     """Same structure, shapes and dtypes, and relative error (per leaf, in norm) at most rtol."""
+    chex.assert_trees_all_equal_shapes_and_dtypes(a, b)
     for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         assert jnp.result_type(u) == jnp.result_type(v), (
             f"{what}: dtype {jnp.result_type(u)} != {jnp.result_type(v)}"
