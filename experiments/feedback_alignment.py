@@ -25,7 +25,6 @@ three engines) and alignment.png (FA's and DFA's angles to the true gradient ove
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import re
@@ -40,6 +39,7 @@ import optax
 
 matplotlib.use("Agg")  # files only: no display on a CI runner or a shared machine
 import matplotlib.pyplot as plt  # noqa: E402
+from _common import parse_args  # noqa: E402
 
 import jaxbp  # noqa: E402
 from jaxbp import checkpoint, datasets, train  # noqa: E402
@@ -56,17 +56,6 @@ QUICK_SEEDS = 1
 DPI = 100  # the PNGs are committed with the results: keep them small
 ENGINES = ("backprop", "feedback_alignment", "direct_feedback_alignment")
 LABELS = {"backprop": "backprop", "feedback_alignment": "FA", "direct_feedback_alignment": "DFA"}
-
-
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--out", required=True, type=Path, help="folder for the JSON and PNGs")
-    parser.add_argument("--quick", action="store_true", help="a tiny run, in seconds")
-    args = parser.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
-    return args
 
 
 def make_engine(name: str, model, params, key):
@@ -242,7 +231,7 @@ def save(fig, path: Path) -> None:
 
 
 def main() -> None:
-    args = parse_args()
+    args = parse_args(__doc__)
     hidden = QUICK_HIDDEN if args.quick else HIDDEN
     epochs, seeds = (QUICK_EPOCHS, QUICK_SEEDS) if args.quick else (EPOCHS, SEEDS)
     data = datasets.load("digits")
