@@ -39,14 +39,10 @@ __all__ = [
 
 
 class Layer:
-    """Base for the built-in layers: supplies `apply` and a short name."""
+    """Base for the built-in layers: supplies `apply`."""
 
     def apply(self, params: Params, x: Array, *, key: PRNGKey | None = None) -> Array:
         return self.forward(params, x, key=key)[0]
-
-    @property
-    def name(self) -> str:
-        return repr(self)
 
 
 def _check_input(layer: Any, x: Array, expected: Shape | None = None, *, min_ndim: int = 1) -> None:
