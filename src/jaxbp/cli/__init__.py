@@ -46,13 +46,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args) or 0)
-    except (UsageError, ValueError, TypeError, FileNotFoundError, PermissionError) as error:
-        message = " ".join(str(error).split()) or type(error).__name__
-        print(f"jaxbp {args.verb}: error: {message}", file=sys.stderr)
-        return 2
     except BrokenPipeError:  # e.g. `jaxbp check | head`: the reader left; not an error of ours
         sys.stderr.close()
         return 0
+    except (UsageError, ValueError, TypeError, OSError) as error:
+        message = " ".join(str(error).split()) or type(error).__name__
+        print(f"jaxbp {args.verb}: error: {message}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"jaxbp {args.verb}: interrupted", file=sys.stderr)
         return 130
