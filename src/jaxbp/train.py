@@ -33,7 +33,6 @@ from jaxbp.losses import MSE, BinaryCrossEntropy, SoftmaxCrossEntropy
 
 __all__ = [
     "fit",
-    "evaluate",
     "make_step",
     "make_epoch",
     "TrainingDiverged",
@@ -99,6 +98,8 @@ def fit(
     )
     run_eval = _compile_eval(model, loss, _accuracy_kind(loss, eval_data))
     params, opt_state, x, y = _place(mesh, params, opt_state, x, y)
+    # Placed once, not copied to the device again every epoch.
+    eval_arrays = None if eval_data is None else jax.device_put(tuple(map(jnp.asarray, eval_data)))
     bar = Progress(epochs, enabled=progress)
     try:
         for epoch in range(start, epochs):
@@ -108,10 +109,10 @@ def fit(
             )
             metrics = {"loss": float(mean_loss)}
             if not math.isfinite(metrics["loss"]):
-                raise _diverged(epoch, metrics["loss"], params, history, path, checkpoint_every)
+                raise _diverged(epoch, metrics["loss"], params, history, path)
             params, opt_state = new_params, new_opt_state
             if eval_data is not None:
-                metrics |= evaluate(run_eval, params, eval_data)
+                metrics |= _evaluate(run_eval, params, eval_arrays)
             metrics["epoch_time"] = time.perf_counter() - t0
             for name, value in metrics.items():
                 history[name].append(value)
@@ -145,9 +146,9 @@ def make_step(
     return jax.jit(step, donate_argnums=(0, 1))
 
 
-def evaluate(run_eval: Callable, params: Params, data: tuple[Array, Array]) -> dict[str, float]:
+def _evaluate(run_eval: Callable, params: Params, data: tuple[Array, Array]) -> dict[str, float]:
     """Eval loss (and accuracy when the task has one) of params on data, as plain floats."""
-    value, accuracy = run_eval(params, jnp.asarray(data[0]), jnp.asarray(data[1]))
+    value, accuracy = run_eval(params, *data)
     out = {"eval_loss": float(value)}
     if accuracy is not None:
         out["eval_accuracy"] = float(accuracy)
@@ -331,7 +332,7 @@ def _restore(path: Path, params, opt_state, key):
     return state["params"], state["opt_state"], history, int(metadata["epoch"])
 
 
-def _diverged(epoch, value, params, history, path, checkpoint_every) -> TrainingDiverged:
+def _diverged(epoch, value, params, history, path) -> TrainingDiverged:
     done = len(history["loss"])
     where = f"; the last checkpoint is {path}" if path is not None and path.exists() else ""
     message = (
