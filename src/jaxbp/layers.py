@@ -308,20 +308,38 @@ class Serial(Layer):
         return shape, tuple(params)
 
     def forward(self, params, x, *, key=None):
+        y, residuals, _ = self.forward_sweep(params, x, key=key)
+        return y, residuals
+
+    def backward(self, params, residuals, dy):
+        dparams, dx, _ = self.reverse_sweep(params, residuals, dy)
+        return dparams, dx
+
+    def forward_sweep(self, params, x, *, key=None):
+        """forward, also returning each layer's input: (y, residuals, inputs)."""
         _check_params(self, params)
         keys = [None] * len(self.layers) if key is None else jax.random.split(key, len(self.layers))
-        residuals = []
+        residuals, inputs = [], []
         for i, (layer, p, k) in enumerate(zip(self.layers, params, keys)):
+            inputs.append(x)
             with _blame(i, layer):
                 x, r = layer.forward(p, x, key=k)
             residuals.append(r)
-        return x, tuple(residuals)
+        return x, tuple(residuals), tuple(inputs)
 
-    def backward(self, params, residuals, dy):
-        dparams = [None] * len(self.layers)
+    def reverse_sweep(self, params, residuals, dy, rules=None):
+        """backward, also returning the cotangent reaching each layer's output.
+
+        Returns (dparams, dx, deltas), deltas[i] being dC/d(output of layer i).
+
+        rules[i], when given, replaces layer i's backward rule (the forward pass is unchanged).
+        """
+        rules = rules or {}
+        dparams, deltas = [None] * len(self.layers), [None] * len(self.layers)
         for i in reversed(range(len(self.layers))):
-            dparams[i], dy = self.layers[i].backward(params[i], residuals[i], dy)
-        return tuple(dparams), dy
+            deltas[i] = dy
+            dparams[i], dy = rules.get(i, self.layers[i].backward)(params[i], residuals[i], dy)
+        return tuple(dparams), dy, tuple(deltas)
 
 
 class _blame:

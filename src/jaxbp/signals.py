@@ -39,7 +39,7 @@ Rule = Callable[[Params, Residuals, Array], tuple[Grads, Array]]
 
 def _layers(model: Any) -> tuple:
     layers = getattr(model, "layers", None)
-    if not isinstance(layers, (tuple, list)):
+    if not isinstance(layers, (tuple, list)) or not hasattr(model, "reverse_sweep"):
         raise TypeError(f"per-layer sweeps need a serial model (with .layers), got {model!r:.80}")
     return tuple(layers)
 
@@ -48,17 +48,8 @@ def forward_sweep(
     model: Any, params: Params, x: Array, *, key: PRNGKey | None = None
 ) -> tuple[Array, Residuals, tuple[Array, ...]]:
     """model.forward one layer at a time: (y_pred, residuals, inputs), inputs[i] into layer i."""
-    layers = _layers(model)
-    if not isinstance(params, (tuple, list)) or len(params) != len(layers):
-        raise ValueError(f"serial of {len(layers)} layers needs a tuple of {len(layers)} params")
-    # The same split as Serial.forward, so stochastic layers see the same keys as in backprop.
-    keys = [None] * len(layers) if key is None else jax.random.split(key, len(layers))
-    residuals, inputs = [], []
-    for layer, p, k in zip(layers, params, keys):
-        inputs.append(x)
-        x, r = layer.forward(p, x, key=k)
-        residuals.append(r)
-    return x, tuple(residuals), tuple(inputs)
+    _layers(model)
+    return model.forward_sweep(params, x, key=key)
 
 
 def reverse_sweep(
@@ -78,11 +69,8 @@ def reverse_sweep(
         raise ValueError(
             f"rules for layers {unknown}, but the model has layers 0..{len(layers) - 1}"
         )
-    grads, deltas = [None] * len(layers), [None] * len(layers)
-    for i in reversed(range(len(layers))):
-        deltas[i] = dy
-        grads[i], dy = rules.get(i, layers[i].backward)(params[i], residuals[i], dy)
-    return tuple(grads), tuple(deltas)
+    grads, _, deltas = model.reverse_sweep(params, residuals, dy, rules)
+    return grads, deltas
 
 
 def backprop_with_signals(
