@@ -24,13 +24,15 @@ def to_markdown(results: dict) -> str:
         f"Machine: {env['cpus']} CPU cores ({env['machine']}, {env['device']}), "
         f"Python {env['python']}, jax {env['jax']}, jaxlib {env['jaxlib']}, numpy {env['numpy']}, "
         f"torch {torch}; {env['date']}{' (quick run)' if results['quick'] else ''}. "
-        "Ratios: median (interquartile range) of paired, interleaved samples.",
+        "Ratios: median (interquartile range) of paired, interleaved samples; the null column "
+        "times jax.grad against a second copy of itself, so it shows this machine's own spread.",
         "",
         _header(
             "config",
             "backprop grad",
             "jax.grad",
             "backprop / jax.grad",
+            "null: jax.grad / itself",
             "train step ratio",
             "compile bp / jax.grad",
         ),
@@ -39,7 +41,7 @@ def to_markdown(results: dict) -> str:
         g, s = r["gradient"], r["step"]
         lines.append(
             f"| {name}: {r['config']} | {_t(g['backprop_s'])} | {_t(g['jax_grad_s'])} | "
-            f"{_r(g['ratio'])} | "
+            f"{_r(g['ratio'])} | {_r(g['null_ratio'])} | "
             f"{_r(s['ratio'])} | {_t(g['compile_backprop_s'])} / {_t(g['compile_jax_grad_s'])} |"
         )
     lines += [

@@ -24,7 +24,7 @@ def _inner_count(fn: Callable, min_sample: float) -> int:
 def interleaved(
     fns: dict[str, Callable[[], object]], *, reps: int, warmup: int = 3, min_sample: float = 2e-3
 ) -> dict[str, np.ndarray]:
-    """Seconds per call of each fn, `reps` samples each, taken A B B A ... to cancel drift."""
+    """Seconds per call of each fn, `reps` samples each, in rotating order to cancel drift."""
     for fn in fns.values():
         for _ in range(warmup):
             block(fn())
@@ -32,7 +32,9 @@ def interleaved(
     samples: dict[str, list[float]] = {name: [] for name in fns}
     names = list(fns)
     for rep in range(reps):
-        for name in names if rep % 2 == 0 else names[::-1]:
+        # Rotate, then reverse: every candidate runs in every position equally often.
+        order = names[rep % len(names) :] + names[: rep % len(names)]
+        for name in order if (rep // len(names)) % 2 == 0 else order[::-1]:
             fn, n = fns[name], inner[name]
             t0 = time.perf_counter()
             for _ in range(n):
