@@ -34,9 +34,9 @@ LAYOUTS = {
 def chosen(batch: int, n_in: int, n_out: int) -> str:
     if jax.default_backend() != "cpu":
         return "x.T @ dy"
-    if n_out <= _matmul.NARROW and batch * n_in >= _matmul.NARROW_MIN_ROWS_X_IN:
-        return "(dy.T @ x).T"
-    return "copy(x.T) @ dy" if batch * n_in * n_out >= _matmul.LARGE else "x.T @ dy"
+    return {"plain": "x.T @ dy", "large": "copy(x.T) @ dy", "narrow": "(dy.T @ x).T"}[
+        _matmul.cpu_layout(batch, n_in, n_out)
+    ]
 
 
 def main() -> None:

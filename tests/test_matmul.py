@@ -16,12 +16,6 @@ from jaxbp.layers import Dense
 SHAPES = {"plain": (8, 5, 3), "narrow": (256, 64, 10), "large": (128, 128, 128)}
 
 
-def _branch(batch, n_in, n_out):
-    if n_out <= _matmul.NARROW and batch * n_in >= _matmul.NARROW_MIN_ROWS_X_IN:
-        return "narrow"
-    return "large" if batch * n_in * n_out >= _matmul.LARGE else "plain"
-
-
 def _operands(key, batch, n_in, n_out, dtype=jnp.float32):
     kx, kdy = jax.random.split(key)
     x = jax.random.normal(kx, (batch, n_in), dtype)
@@ -30,7 +24,7 @@ def _operands(key, batch, n_in, n_out, dtype=jnp.float32):
 
 @pytest.mark.parametrize("branch", SHAPES)
 def test_shapes_reach_the_branch_they_name(branch):
-    assert _branch(*SHAPES[branch]) == branch
+    assert _matmul.cpu_layout(*SHAPES[branch]) == branch
 
 
 @pytest.mark.parametrize("branch", SHAPES)
