@@ -18,7 +18,7 @@ from jax import lax
 from jaxbp._types import Array
 
 NARROW = 16  # outputs this narrow: (dy^T x)^T is fastest
-NARROW_MIN_ROWS_X_IN = 2**14  # below this, every layout runs in the same ~30 us
+NARROW_MIN_ROWS_X_IN = 2**13  # below this, every layout runs in the same ~20-30 us
 LARGE = 2**21  # batch*in*out from which copying x^T pays (128^3: 148 us against 192 us)
 
 
