@@ -4,12 +4,17 @@ backprop has what the optimisations promise."""
 from __future__ import annotations
 
 import json
+import math
 import re
+import time
 
 import jax
+import numpy as np
 import pytest
 
 from jaxbp import backprop, bench
+from jaxbp.bench._report import verdict
+from jaxbp.bench._timing import interleaved, median_ci, ratio
 from jaxbp.cli import main
 
 
@@ -45,3 +50,46 @@ def test_first_layer_input_cotangent_is_never_computed(name):
     # forward + dW per layer + dx for every layer but the first
     assert len(dots) == 3 * layers - 1, dots
     assert f"{batch},{inputs}" not in dots
+
+
+@pytest.mark.parametrize("n", [6, 20, 123, 1000, 4000])
+def test_median_ci_covers_the_median_95_percent_of_the_time(n):
+    # Exact: the count of samples below the median is Binomial(n, 1/2), whatever the distribution.
+    lo, hi = median_ci(np.random.default_rng(n).permutation(np.arange(n, dtype=float)))
+    a, b = int(lo), int(hi)
+    coverage = sum(math.comb(n, i) for i in range(a + 1, b + 1)) / 2**n
+    assert 0.95 <= coverage < 0.975, (a, b, coverage)  # as narrow as 95% allows
+    assert a + b == n - 1  # symmetric about the sample median
+
+
+def test_median_ci_of_a_constant_is_that_constant():
+    assert median_ci(np.full(50, 0.97)) == (0.97, 0.97)
+
+
+def test_ratio_verdict_reads_the_confidence_interval():
+    rng = np.random.default_rng(0)
+    base = rng.uniform(1.0, 2.0, 400)
+    faster = ratio(base * rng.normal(0.95, 0.01, 400), base)
+    same = ratio(base * rng.normal(1.0, 0.01, 400), base)
+    assert faster["ci95_low"] <= faster["median"] <= faster["ci95_high"] < 1
+    assert [verdict(faster), verdict(same)] == ["faster", "no difference"]
+    assert verdict(ratio(base * 1.05, base)) == "slower"
+
+
+def test_interleaved_samples_for_at_least_the_time_asked_in_whole_rotations():
+    calls = {"a": 0, "b": 0, "c": 0}
+
+    def counter(name):
+        def fn():
+            calls[name] += 1
+            time.sleep(1e-3)
+
+        return fn
+
+    t0 = time.perf_counter()
+    t = interleaved({k: counter(k) for k in calls}, reps=4, warmup=0, min_sample=0, seconds=0.2)
+    assert time.perf_counter() - t0 >= 0.2
+    n = len(t["a"])
+    assert n > 4 and n % 6 == 0 and len(t["b"]) == len(t["c"]) == n
+    # calibration calls once each, then one call per sample
+    assert calls == {k: n + 1 for k in calls}

@@ -51,6 +51,8 @@ class Config:
         return f"{sizes} {self.activation}{out}, {self.loss}, batch {self.batch}"
 
 
+GRADIENT_SECONDS = 8.0  # of interleaved sampling for backprop against jax.grad, per config
+
 CONFIGS = {
     "seed": Config("seed", 2, (2, 1), "sigmoid", "mse", 4, "sigmoid"),
     "digits": Config("digits", 64, (128, 128, 10), "relu", "softmax_cross_entropy", 128),
@@ -88,7 +90,7 @@ def _problem(config: Config, n_batches: int = 1):
     return model, loss, params, x, y
 
 
-def gradient_times(config: Config, reps: int) -> dict:
+def gradient_times(config: Config, reps: int, seconds: float = 0.0) -> dict:
     """jit(backprop) against jit(jax.value_and_grad) on one batch."""
     model, loss, params, x, y = _problem(config)
     bp = jax.jit(lambda p, x, y: backprop(model, loss, p, x, y))
@@ -96,7 +98,9 @@ def gradient_times(config: Config, reps: int) -> dict:
     # jax.grad against itself: how far from 1.000 the same program lands on this machine.
     ad_again = jax.jit(lambda p, x, y: autodiff(model, loss, p, x, y))
     fns = {"backprop": bp, "jax.grad": ad, "null": ad_again}
-    t = interleaved({name: partial(f, params, x, y) for name, f in fns.items()}, reps=reps)
+    t = interleaved(
+        {name: partial(f, params, x, y) for name, f in fns.items()}, reps=reps, seconds=seconds
+    )
     compile_bp = compile_seconds(lambda p, x, y: backprop(model, loss, p, x, y), params, x, y)
     compile_ad = compile_seconds(lambda p, x, y: autodiff(model, loss, p, x, y), params, x, y)
     return {
@@ -104,6 +108,7 @@ def gradient_times(config: Config, reps: int) -> dict:
         "jax_grad_s": float(np.median(t["jax.grad"])),
         "ratio": ratio(t["backprop"], t["jax.grad"]),
         "null_ratio": ratio(t["null"], t["jax.grad"]),
+        "samples": len(t["backprop"]),
         "compile_backprop_s": compile_bp,
         "compile_jax_grad_s": compile_ad,
     }
@@ -119,7 +124,7 @@ def _stepper(step, params, opt_state, x, y) -> Callable:
     return call
 
 
-def step_times(config: Config, reps: int) -> dict:
+def step_times(config: Config, reps: int, seconds: float = 0.0) -> dict:
     """A full optax SGD step, buffers donated, with each gradient engine."""
     model, loss, params, x, y = _problem(config)
     opt = optax.sgd(1e-3)
@@ -128,7 +133,7 @@ def step_times(config: Config, reps: int) -> dict:
         name: _stepper(make_step(model, loss, opt, name), copy(params), opt.init(params), x, y)
         for name in ("backprop", "autodiff")
     }
-    t = interleaved(fns, reps=reps)
+    t = interleaved(fns, reps=reps, seconds=seconds)
     return {
         "backprop_s": float(np.median(t["backprop"])),
         "jax_grad_s": float(np.median(t["autodiff"])),
@@ -236,10 +241,12 @@ def _bind(step, x, y):
 
 def run_config(config: Config, *, quick: bool = False) -> dict:
     reps, steps = (5, 4) if quick else (41, 50)
+    # The headline ratios get the most samples: a 0.5% difference needs a thousand or so.
+    seconds = 0.0 if quick else GRADIENT_SECONDS
     result = {
         "config": config.describe(),
-        "gradient": gradient_times(config, reps if quick else 3 * reps),
-        "step": step_times(config, reps),
+        "gradient": gradient_times(config, reps if quick else 3 * reps, seconds),
+        "step": step_times(config, reps, seconds / 2),
         "epoch": epoch_times(config, max(3, reps // 4), steps),
         "peers": peer_times(config, reps),
     }

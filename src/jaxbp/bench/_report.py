@@ -10,7 +10,16 @@ def _t(seconds: float) -> str:
 
 
 def _r(r: dict) -> str:
-    return f"{r['median']:.3f} ({r['q25']:.3f}-{r['q75']:.3f})"
+    """Median, its 95% confidence interval in brackets, the interquartile range in parentheses."""
+    ci = f" [{r['ci95_low']:.3f}-{r['ci95_high']:.3f}]" if "ci95_low" in r else ""
+    return f"{r['median']:.3f}{ci} ({r['q25']:.3f}-{r['q75']:.3f})"
+
+
+def verdict(r: dict) -> str:
+    """What a ratio a/b says about a, once its median's 95% confidence interval is read."""
+    if r["ci95_high"] < 1:
+        return "faster"
+    return "slower" if r["ci95_low"] > 1 else "no difference"
 
 
 def _header(*names: str) -> str:
@@ -24,14 +33,16 @@ def to_markdown(results: dict) -> str:
         f"Machine: {env['cpus']} CPU cores ({env['machine']}, {env['device']}), "
         f"Python {env['python']}, jax {env['jax']}, jaxlib {env['jaxlib']}, numpy {env['numpy']}, "
         f"torch {torch}; {env['date']}{' (quick run)' if results['quick'] else ''}. "
-        "Ratios: median (interquartile range) of paired, interleaved samples; the null column "
-        "times jax.grad against a second copy of itself, so it shows this machine's own spread.",
+        "Ratios: median [its 95% confidence interval] (interquartile range) of paired, "
+        "interleaved samples; the null column times jax.grad against a second, separately "
+        "compiled copy of itself, so it shows how far apart two identical programs land here.",
         "",
         _header(
             "config",
             "backprop grad",
             "jax.grad",
             "backprop / jax.grad",
+            "backprop is",
             "null: jax.grad / itself",
             "train step ratio",
             "compile bp / jax.grad",
@@ -41,7 +52,8 @@ def to_markdown(results: dict) -> str:
         g, s = r["gradient"], r["step"]
         lines.append(
             f"| {name}: {r['config']} | {_t(g['backprop_s'])} | {_t(g['jax_grad_s'])} | "
-            f"{_r(g['ratio'])} | {_r(g['null_ratio'])} | "
+            f"{_r(g['ratio'])} | {verdict(g['ratio'])} ({g['samples']} samples) | "
+            f"{_r(g['null_ratio'])} | "
             f"{_r(s['ratio'])} | {_t(g['compile_backprop_s'])} / {_t(g['compile_jax_grad_s'])} |"
         )
     lines += [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from math import lgamma, log
 
 import jax
 import numpy as np
@@ -22,16 +23,27 @@ def _inner_count(fn: Callable, min_sample: float) -> int:
 
 
 def interleaved(
-    fns: dict[str, Callable[[], object]], *, reps: int, warmup: int = 3, min_sample: float = 2e-3
+    fns: dict[str, Callable[[], object]],
+    *,
+    reps: int,
+    warmup: int = 3,
+    min_sample: float = 2e-3,
+    seconds: float = 0.0,
 ) -> dict[str, np.ndarray]:
-    """Seconds per call of each fn, `reps` samples each, in rotating order to cancel drift."""
+    """Seconds per call of each fn, in rotating order to cancel drift.
+
+    At least `reps` samples each; more, in whole rotations, until `seconds` have gone by, so fast
+    candidates get the thousands of samples a 0.5% difference needs.
+    """
     for fn in fns.values():
         for _ in range(warmup):
             block(fn())
     inner = {name: _inner_count(fn, min_sample) for name, fn in fns.items()}
     samples: dict[str, list[float]] = {name: [] for name in fns}
     names = list(fns)
-    for rep in range(reps):
+    cycle = 2 * len(names)  # a rotation and its reverse: every position, both directions
+    start, rep = time.perf_counter(), 0
+    while rep < reps or rep % cycle or time.perf_counter() - start < seconds:
         # Rotate, then reverse: every candidate runs in every position equally often.
         order = names[rep % len(names) :] + names[: rep % len(names)]
         for name in order if (rep // len(names)) % 2 == 0 else order[::-1]:
@@ -41,17 +53,37 @@ def interleaved(
                 out = fn()
             block(out)
             samples[name].append((time.perf_counter() - t0) / n)
+        rep += 1
     return {name: np.asarray(s) for name, s in samples.items()}
 
 
 def ratio(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
-    """Median and interquartile range of the paired ratios a_i / b_i (same rep, same noise)."""
+    """Median, its 95% confidence interval, and the interquartile range of the paired ratios
+    a_i / b_i (same rep, same noise)."""
     r = a / b
+    low, high = median_ci(r)
     return {
         "median": float(np.median(r)),
+        "ci95_low": low,
+        "ci95_high": high,
         "q25": float(np.quantile(r, 0.25)),
         "q75": float(np.quantile(r, 0.75)),
     }
+
+
+def median_ci(samples: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """A distribution-free confidence interval for the median: the sign-test interval.
+
+    The count of samples below the true median is Binomial(n, 1/2), so the a-th and (n-1-a)-th
+    order statistics enclose it with probability 1 - 2 P(B <= a); a is the largest that keeps
+    this at least `level`. Exact for any distribution; below 6 samples it is the whole range.
+    """
+    s = np.sort(np.asarray(samples, dtype=float))
+    n = len(s)
+    log_pmf = [lgamma(n + 1) - lgamma(k + 1) - lgamma(n - k + 1) - n * log(2) for k in range(n + 1)]
+    tail = np.cumsum(np.exp(log_pmf))  # P(B <= k)
+    a = max(int(np.sum(tail <= (1 - level) / 2)) - 1, 0)
+    return float(s[a]), float(s[n - 1 - a])
 
 
 def compile_seconds(fn: Callable, *args) -> float:
