@@ -3,6 +3,7 @@ backprop has what the optimisations promise."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import re
@@ -22,8 +23,9 @@ def test_quick_benchmark_writes_json_and_markdown(tmp_path, capsys):
     assert main(["bench", "--quick", "--configs", "seed", "--out", str(tmp_path)]) == 0
     results = json.loads((tmp_path / "results.json").read_text())
     seed = results["configs"]["seed"]
-    assert {"gradient", "step", "epoch", "peers", "scan_vs_numpy"} <= set(seed)
+    assert {"gradient", "step", "epoch", "peers"} <= set(seed)
     assert seed["gradient"]["backprop_s"] > 0 and seed["peers"]["numpy_s"] > 0
+    assert seed["epoch"]["numpy_step_s"] > 0 and seed["epoch"]["numpy_over_scan"]["median"] > 0
     assert "| seed" in (tmp_path / "results.md").read_text()
     assert "backprop / jax.grad" in capsys.readouterr().out
 
@@ -93,3 +95,14 @@ def test_interleaved_samples_for_at_least_the_time_asked_in_whole_rotations():
     assert n > 4 and n % 6 == 0 and len(t["b"]) == len(t["c"]) == n
     # calibration calls once each, then one call per sample
     assert calls == {k: n + 1 for k in calls}
+
+
+def test_interleaved_settles_each_sample_with_untimed_calls_to_the_same_fn():
+    log = []
+    fns = {k: (lambda k=k: log.append(k)) for k in "ab"}
+    t = interleaved(fns, reps=2, warmup=0, min_sample=0, settle=0.01)
+    n = len(t["a"])
+    # after one calibration call each, every sample is a run of untimed calls then the timed one
+    assert all(log.count(k) >= 2 * n + 1 for k in "ab")
+    runs = [len(list(g)) for _, g in itertools.groupby(log[2:])]
+    assert len(runs) <= 2 * n and all(r >= 2 for r in runs)

@@ -52,6 +52,7 @@ class Config:
 
 
 GRADIENT_SECONDS = 8.0  # of interleaved sampling for backprop against jax.grad, per config
+SETTLE_SECONDS = 0.2  # untimed calls before each sample when NumPy or PyTorch take part
 
 CONFIGS = {
     "seed": Config("seed", 2, (2, 1), "sigmoid", "mse", 4, "sigmoid"),
@@ -142,7 +143,8 @@ def step_times(config: Config, reps: int, seconds: float = 0.0) -> dict:
 
 
 def epoch_times(config: Config, reps: int, steps: int) -> dict:
-    """Per-step time of a whole epoch as one compiled lax.scan, and of a loop of jitted steps."""
+    """Per-step time of a whole epoch as one compiled lax.scan, of a loop of jitted steps, and of
+    NumPy by hand over the same batches: side by side, so their ratios are paired."""
     model, loss, params, x, y = _problem(config, steps)
     opt = optax.sgd(1e-3)
     epoch = make_epoch(model, loss, opt, batch_size=config.batch, steps=steps)
@@ -163,13 +165,27 @@ def epoch_times(config: Config, reps: int, steps: int) -> dict:
             loop_state[0], loop_state[1], value = step(loop_state[0], loop_state[1], xb, yb)
         return value
 
-    t = interleaved({"scan": scanned, "loop": looped}, reps=reps, min_sample=0)
+    numpy_step = _numpy_step(config)
+    numpy_batches = [(np.asarray(xb), np.asarray(yb)) for xb, yb in batches]
+
+    def by_hand():
+        return [numpy_step(xb, yb) for xb, yb in numpy_batches][-1]
+
+    fns = {"scan": scanned, "loop": looped, "numpy": by_hand}
+    t = interleaved(fns, reps=reps, min_sample=0, settle=SETTLE_SECONDS)
     return {
         "scan_step_s": float(np.median(t["scan"])) / steps,
         "loop_step_s": float(np.median(t["loop"])) / steps,
+        "numpy_step_s": float(np.median(t["numpy"])) / steps,
         "ratio": ratio(t["scan"], t["loop"]),
+        "numpy_over_scan": ratio(t["numpy"], t["scan"]),
         "steps": steps,
     }
+
+
+def _numpy_step(config: Config) -> Callable:
+    sizes = (config.inputs, *config.layers)
+    return peers.numpy_step(sizes, config.activation, config.output_activation, config.loss)
 
 
 def roofline(config: Config, reps: int) -> dict:
@@ -215,13 +231,7 @@ def peer_times(config: Config, reps: int) -> dict:
     model, loss, params, x, y = _problem(config)
     sizes = (config.inputs, *config.layers)
     x_np, y_np = np.asarray(x), np.asarray(y)
-    fns = {
-        "numpy": _bind(
-            peers.numpy_step(sizes, config.activation, config.output_activation, config.loss),
-            x_np,
-            y_np,
-        )
-    }
+    fns = {"numpy": _bind(_numpy_step(config), x_np, y_np)}
     torch_step = peers.torch_step(sizes, config.activation, config.output_activation, config.loss)
     if torch_step is not None:
         fns["torch"] = _bind(torch_step, *torch_step.convert(x_np, y_np))
@@ -229,7 +239,7 @@ def peer_times(config: Config, reps: int) -> dict:
     fns["jaxbp"] = _stepper(
         make_step(model, loss, opt), jax.tree.map(jnp.copy, params), opt.init(params), x, y
     )
-    t = interleaved(fns, reps=reps)
+    t = interleaved(fns, reps=reps, settle=SETTLE_SECONDS)
     return {f"{name}_s": float(np.median(v)) for name, v in t.items()} | {
         f"{name}_over_jaxbp": ratio(v, t["jaxbp"]) for name, v in t.items() if name != "jaxbp"
     }
@@ -250,8 +260,6 @@ def run_config(config: Config, *, quick: bool = False) -> dict:
         "epoch": epoch_times(config, max(3, reps // 4), steps),
         "peers": peer_times(config, reps),
     }
-    # The scanned epoch's per-step time, against NumPy's step: the number that decides "faster".
-    result["scan_vs_numpy"] = result["epoch"]["scan_step_s"] / result["peers"]["numpy_s"]
     if config.name == "wide" or not quick:
         result["roofline"] = roofline(config, reps)
     return result

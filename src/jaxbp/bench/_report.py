@@ -76,7 +76,7 @@ def to_markdown(results: dict) -> str:
         )
         lines.append(
             f"| {name} | {_t(e['scan_step_s'])} | {_t(e['loop_step_s'])} | {_r(e['ratio'])} | "
-            f"{_t(p['numpy_s'])} | {p['numpy_s'] / e['scan_step_s']:.2f} | {torch} |"
+            f"{_t(e['numpy_step_s'])} | {_r(e['numpy_over_scan'])} | {torch} |"
         )
     roof = {n: r["roofline"] for n, r in results["configs"].items() if "roofline" in r}
     if roof:

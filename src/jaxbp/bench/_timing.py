@@ -29,11 +29,14 @@ def interleaved(
     warmup: int = 3,
     min_sample: float = 2e-3,
     seconds: float = 0.0,
+    settle: float = 0.0,
 ) -> dict[str, np.ndarray]:
     """Seconds per call of each fn, in rotating order to cancel drift.
 
     At least `reps` samples each; more, in whole rotations, until `seconds` have gone by, so fast
-    candidates get the thousands of samples a 0.5% difference needs.
+    candidates get the thousands of samples a 0.5% difference needs. With `settle`, each sample
+    follows that many seconds of untimed calls to the same fn: OpenBLAS's threads spin for ~0.1 s
+    after a NumPy call, and on 2 cores that made the next XLA matmul 1.5x slower.
     """
     for fn in fns.values():
         for _ in range(warmup):
@@ -48,6 +51,7 @@ def interleaved(
         order = names[rep % len(names) :] + names[: rep % len(names)]
         for name in order if (rep // len(names)) % 2 == 0 else order[::-1]:
             fn, n = fns[name], inner[name]
+            _run_for(fn, settle)
             t0 = time.perf_counter()
             for _ in range(n):
                 out = fn()
@@ -55,6 +59,12 @@ def interleaved(
             samples[name].append((time.perf_counter() - t0) / n)
         rep += 1
     return {name: np.asarray(s) for name, s in samples.items()}
+
+
+def _run_for(fn: Callable, seconds: float) -> None:
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        block(fn())
 
 
 def ratio(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
