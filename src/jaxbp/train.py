@@ -27,6 +27,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxbp import checkpoint
 from jaxbp._progress import Progress
+from jaxbp._shuffle import permutation
 from jaxbp._types import Array, Params, PRNGKey
 from jaxbp.backprop import autodiff, backprop
 from jaxbp.losses import MSE, BinaryCrossEntropy, SoftmaxCrossEntropy
@@ -178,7 +179,7 @@ def make_epoch(
 
     def epoch(params, opt_state, x, y, key):
         shuffle_key, step_key = jax.random.split(key)
-        order = jax.random.permutation(shuffle_key, len(x))[: steps * batch_size]
+        order = permutation(shuffle_key, len(x))[: steps * batch_size]
 
         def step(carry, inputs):
             params, opt_state = carry

@@ -143,8 +143,8 @@ def step_times(config: Config, reps: int, seconds: float = 0.0) -> dict:
 
 
 def epoch_times(config: Config, reps: int, steps: int) -> dict:
-    """Per-step time of a whole epoch as one compiled lax.scan, of a loop of jitted steps, and of
-    NumPy by hand over the same batches: side by side, so their ratios are paired."""
+    """Per-step time of a whole epoch as one compiled lax.scan, of a loop of jitted steps over
+    fixed batches, and of a NumPy epoch by hand: side by side, so their ratios are paired."""
     model, loss, params, x, y = _problem(config, steps)
     opt = optax.sgd(1e-3)
     epoch = make_epoch(model, loss, opt, batch_size=config.batch, steps=steps)
@@ -165,11 +165,12 @@ def epoch_times(config: Config, reps: int, steps: int) -> dict:
             loop_state[0], loop_state[1], value = step(loop_state[0], loop_state[1], xb, yb)
         return value
 
-    numpy_step = _numpy_step(config)
-    numpy_batches = [(np.asarray(xb), np.asarray(yb)) for xb, yb in batches]
+    numpy_step, rng = _numpy_step(config), np.random.default_rng(1)
+    x_np, y_np = np.asarray(x), np.asarray(y)
 
-    def by_hand():
-        return [numpy_step(xb, yb) for xb, yb in numpy_batches][-1]
+    def by_hand():  # a NumPy epoch does what the compiled one does: shuffle, gather, step
+        order = rng.permutation(len(x_np)).reshape(steps, config.batch)
+        return [numpy_step(x_np[idx], y_np[idx]) for idx in order][-1]
 
     fns = {"scan": scanned, "loop": looped, "numpy": by_hand}
     t = interleaved(fns, reps=reps, min_sample=0, settle=SETTLE_SECONDS)
