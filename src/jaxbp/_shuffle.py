@@ -3,9 +3,9 @@
 jax.random.permutation sorts (random key, index) pairs, and XLA:CPU's two-operand sort is slow:
 4.4 ms for 6,400 indices, 90 us of every step of the digits benchmark's 50-step epoch. Here each
 round packs the index into the low bits of its random key and sorts that single uint32 array
-(1.4-1.8 ms in all). Ties between equal random parts keep index order; as in jax, rounds repeat until
-the random bits add up to 3 log2(n), so the expected number of pairs tied in every round is under
-1/(2n).
+(1.4-1.8 ms in all). Ties between equal random parts keep index order; as in jax, rounds repeat
+until the random bits add up to 3 log2(n), so the expected number of pairs tied in every round
+is under 1/(2n).
 """
 
 from __future__ import annotations
