@@ -27,7 +27,11 @@ def test_quick_benchmark_writes_json_and_markdown(tmp_path, capsys):
     assert seed["gradient"]["backprop_s"] > 0 and seed["peers"]["numpy_s"] > 0
     assert seed["epoch"]["numpy_step_s"] > 0 and seed["epoch"]["numpy_over_scan"]["median"] > 0
     assert "| seed" in (tmp_path / "results.md").read_text()
-    assert "backprop / jax.grad" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "backprop / jax.grad" in out
+    # a line per finished measurement while it runs, before the tables
+    progress = [line.split(":")[0].strip() for line in out.splitlines() if line.startswith("  ")]
+    assert progress == ["gradient", "step", "epoch", "peers"]
 
 
 def test_user_model_spec():

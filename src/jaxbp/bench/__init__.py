@@ -27,7 +27,7 @@ from jaxbp.train import make_epoch, make_step
 
 __all__ = ["Config", "CONFIGS", "parse_config", "run_config", "run", "to_markdown"]
 
-from jaxbp.bench._report import to_markdown  # noqa: E402
+from jaxbp.bench._report import summarize, to_markdown  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
@@ -250,19 +250,26 @@ def _bind(step, x, y):
     return lambda: step(x, y)
 
 
-def run_config(config: Config, *, quick: bool = False) -> dict:
+def run_config(
+    config: Config, *, quick: bool = False, report: Callable[[str], None] = lambda line: None
+) -> dict:
+    """Every measurement of one model; `report` gets a line as each one finishes."""
     reps, steps = (5, 4) if quick else (41, 50)
     # The headline ratios get the most samples: a 0.5% difference needs a thousand or so.
     seconds = 0.0 if quick else GRADIENT_SECONDS
-    result = {
-        "config": config.describe(),
-        "gradient": gradient_times(config, reps if quick else 3 * reps, seconds),
-        "step": step_times(config, reps, seconds / 2),
-        "epoch": epoch_times(config, max(3, reps // 4), steps),
-        "peers": peer_times(config, reps),
+    phases = {
+        "gradient": lambda: gradient_times(config, reps if quick else 3 * reps, seconds),
+        "step": lambda: step_times(config, reps, seconds / 2),
+        "epoch": lambda: epoch_times(config, max(3, reps // 4), steps),
+        "peers": lambda: peer_times(config, reps),
     }
     if config.name == "wide" or not quick:
-        result["roofline"] = roofline(config, reps)
+        phases["roofline"] = lambda: roofline(config, reps)
+    result = {"config": config.describe()}
+    for name, measure in phases.items():
+        t0 = time.perf_counter()
+        result[name] = measure()
+        report(f"  {name}: {summarize(name, result[name])} ({time.perf_counter() - t0:.0f} s)")
     return result
 
 
@@ -303,5 +310,5 @@ def run(
     results = {"environment": environment(), "quick": quick, "configs": {}}
     for config in configs:
         report(f"benchmarking {config.name}: {config.describe()} ...")
-        results["configs"][config.name] = run_config(config, quick=quick)
+        results["configs"][config.name] = run_config(config, quick=quick, report=report)
     return results

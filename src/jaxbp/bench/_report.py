@@ -26,6 +26,24 @@ def _header(*names: str) -> str:
     return "| " + " | ".join(names) + " |\n|" + " --- |" * len(names)
 
 
+def summarize(phase: str, r: dict) -> str:
+    """One line on one finished measurement, for progress while the benchmark runs."""
+    if phase == "gradient":
+        g, null = r["ratio"], r["null_ratio"]
+        return f"backprop / jax.grad {_r(g)}, {verdict(g)}; null {_r(null)}"
+    if phase == "step":
+        return f"train step backprop / jax.grad {_r(r['ratio'])}"
+    if phase == "epoch":
+        return (
+            f"{_t(r['scan_step_s'])} per step in a compiled epoch; "
+            f"NumPy by hand {_t(r['numpy_step_s'])}, NumPy / epoch {_r(r['numpy_over_scan'])}"
+        )
+    if phase == "peers":
+        times = {k.removesuffix("_s"): v for k, v in r.items() if k.endswith("_s")}
+        return ", ".join(f"{name} {_t(seconds)}" for name, seconds in times.items())
+    return f"{_r(r['fraction_of_roofline'])} of the bare matmuls ({r['matmul_gflops']:.1f} GFLOP/s)"
+
+
 def to_markdown(results: dict) -> str:
     env = results["environment"]
     torch = env["torch"] or "not installed"
