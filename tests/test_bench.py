@@ -58,28 +58,38 @@ def test_first_layer_input_cotangent_is_never_computed(name):
     assert f"{batch},{inputs}" not in dots
 
 
-@pytest.mark.parametrize("n", [6, 20, 123, 1000, 4000])
-def test_median_ci_covers_the_median_95_percent_of_the_time(n):
+def _sign_test_coverage(n: int, a: int) -> float:
+    """P(the a-th and (n-1-a)-th order statistics of n samples enclose the median), exactly."""
+    return 1 - 2 * sum(math.comb(n, i) for i in range(a + 1)) / 2**n
+
+
+@pytest.mark.parametrize("n", [*range(6, 200), 1000, 4000])
+def test_median_ci_is_the_narrowest_sign_test_interval_with_95_percent_coverage(n):
     # Exact: the count of samples below the median is Binomial(n, 1/2), whatever the distribution.
     lo, hi = median_ci(np.random.default_rng(n).permutation(np.arange(n, dtype=float)))
     a, b = int(lo), int(hi)
-    coverage = sum(math.comb(n, i) for i in range(a + 1, b + 1)) / 2**n
-    assert 0.95 <= coverage < 0.975, (a, b, coverage)  # as narrow as 95% allows
     assert a + b == n - 1  # symmetric about the sample median
+    assert _sign_test_coverage(n, a) >= 0.95
+    assert _sign_test_coverage(n, a + 1) < 0.95  # one step narrower would fall short
 
 
 def test_median_ci_of_a_constant_is_that_constant():
     assert median_ci(np.full(50, 0.97)) == (0.97, 0.97)
 
 
-def test_ratio_verdict_reads_the_confidence_interval():
+def test_verdict_needs_the_interval_clear_of_1_and_of_the_null():
     rng = np.random.default_rng(0)
     base = rng.uniform(1.0, 2.0, 400)
+    null = ratio(base * rng.normal(1.0, 0.01, 400), base)
     faster = ratio(base * rng.normal(0.95, 0.01, 400), base)
-    same = ratio(base * rng.normal(1.0, 0.01, 400), base)
     assert faster["ci95_low"] <= faster["median"] <= faster["ci95_high"] < 1
-    assert [verdict(faster), verdict(same)] == ["faster", "no difference"]
-    assert verdict(ratio(base * 1.05, base)) == "slower"
+    assert verdict(faster, null) == "faster"
+    assert verdict(ratio(base * 1.05, base), null) == "slower"
+    assert verdict(ratio(base * rng.normal(1.0, 0.01, 400), base), null) == "within the null"
+    # Two compilations of one program 2.5% apart: a 2.5% gain is then no gain.
+    offset_null = ratio(base * rng.normal(0.975, 0.01, 400), base)
+    gain = ratio(base * rng.normal(0.975, 0.01, 400), base)
+    assert verdict(gain, null) == "faster" and verdict(gain, offset_null) == "within the null"
 
 
 def test_interleaved_samples_for_at_least_the_time_asked_in_whole_rotations():
@@ -99,6 +109,15 @@ def test_interleaved_samples_for_at_least_the_time_asked_in_whole_rotations():
     assert n > 4 and n % 6 == 0 and len(t["b"]) == len(t["c"]) == n
     # calibration calls once each, then one call per sample
     assert calls == {k: n + 1 for k in calls}
+
+
+def test_interleaved_and_median_ci_refuse_empty_input():
+    with pytest.raises(ValueError, match="candidates"):
+        interleaved({}, reps=3)
+    with pytest.raises(ValueError, match="reps >= 1"):
+        interleaved({"a": lambda: None}, reps=0)
+    with pytest.raises(ValueError, match="at least one sample"):
+        median_ci(np.array([]))
 
 
 def test_interleaved_settles_each_sample_with_untimed_calls_to_the_same_fn():

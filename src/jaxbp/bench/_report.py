@@ -15,11 +15,17 @@ def _r(r: dict) -> str:
     return f"{r['median']:.3f}{ci} ({r['q25']:.3f}-{r['q75']:.3f})"
 
 
-def verdict(r: dict) -> str:
-    """What a ratio a/b says about a, once its median's 95% confidence interval is read."""
-    if r["ci95_high"] < 1:
+def verdict(r: dict, null: dict) -> str:
+    """What a ratio a/b says about a: its 95% interval must clear both 1 and the null's interval.
+
+    The null (b against a second compilation of itself) shows how far apart two copies of one
+    program land, which the interval of independent samples alone does not cover.
+    """
+    if r["ci95_high"] < min(1.0, null["ci95_low"]):
         return "faster"
-    return "slower" if r["ci95_low"] > 1 else "no difference"
+    if r["ci95_low"] > max(1.0, null["ci95_high"]):
+        return "slower"
+    return "within the null"
 
 
 def _header(*names: str) -> str:
@@ -30,7 +36,7 @@ def summarize(phase: str, r: dict) -> str:
     """One line on one finished measurement, for progress while the benchmark runs."""
     if phase == "gradient":
         g, null = r["ratio"], r["null_ratio"]
-        return f"backprop / jax.grad {_r(g)}, {verdict(g)}; null {_r(null)}"
+        return f"backprop / jax.grad {_r(g)}, {verdict(g, null)}; null {_r(null)}"
     if phase == "step":
         return f"train step backprop / jax.grad {_r(r['ratio'])}"
     if phase == "epoch":
@@ -41,7 +47,10 @@ def summarize(phase: str, r: dict) -> str:
     if phase == "peers":
         times = {k.removesuffix("_s"): v for k, v in r.items() if k.endswith("_s")}
         return ", ".join(f"{name} {_t(seconds)}" for name, seconds in times.items())
-    return f"{_r(r['fraction_of_roofline'])} of the bare matmuls ({r['matmul_gflops']:.1f} GFLOP/s)"
+    if phase == "roofline":
+        gflops = r["matmul_gflops"]
+        return f"{_r(r['fraction_of_roofline'])} of the bare matmuls ({gflops:.1f} GFLOP/s)"
+    raise ValueError(f"unknown benchmark phase {phase!r}")
 
 
 def to_markdown(results: dict) -> str:
@@ -70,7 +79,7 @@ def to_markdown(results: dict) -> str:
         g, s = r["gradient"], r["step"]
         lines.append(
             f"| {name}: {r['config']} | {_t(g['backprop_s'])} | {_t(g['jax_grad_s'])} | "
-            f"{_r(g['ratio'])} | {verdict(g['ratio'])} ({g['samples']} samples) | "
+            f"{_r(g['ratio'])} | {verdict(g['ratio'], g['null_ratio'])} ({g['samples']} samples) | "
             f"{_r(g['null_ratio'])} | "
             f"{_r(s['ratio'])} | {_t(g['compile_backprop_s'])} / {_t(g['compile_jax_grad_s'])} |"
         )

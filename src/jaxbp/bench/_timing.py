@@ -38,6 +38,8 @@ def interleaved(
     follows that many seconds of untimed calls to the same fn: OpenBLAS's threads spin for ~0.1 s
     after a NumPy call, and on 2 cores that made the next XLA matmul 1.5x slower.
     """
+    if not fns or reps < 1:
+        raise ValueError(f"interleaved needs candidates and reps >= 1, got {len(fns)} and {reps}")
     for fn in fns.values():
         for _ in range(warmup):
             block(fn())
@@ -84,12 +86,15 @@ def ratio(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
 def median_ci(samples: np.ndarray, level: float = 0.95) -> tuple[float, float]:
     """A distribution-free confidence interval for the median: the sign-test interval.
 
-    The count of samples below the true median is Binomial(n, 1/2), so the a-th and (n-1-a)-th
-    order statistics enclose it with probability 1 - 2 P(B <= a); a is the largest that keeps
-    this at least `level`. Exact for any distribution; below 6 samples it is the whole range.
+    For independent samples the count below the true median is Binomial(n, 1/2), so the a-th and
+    (n-1-a)-th order statistics enclose it with probability 1 - 2 P(B <= a); a is the largest that
+    keeps this at least `level`. Exact for any distribution. Below 6 samples no interval reaches
+    95%: it is then the whole range, which covers the median with probability 1 - 2^(1-n).
     """
     s = np.sort(np.asarray(samples, dtype=float))
     n = len(s)
+    if n == 0:
+        raise ValueError("median_ci needs at least one sample")
     log_pmf = [lgamma(n + 1) - lgamma(k + 1) - lgamma(n - k + 1) - n * log(2) for k in range(n + 1)]
     tail = np.cumsum(np.exp(log_pmf))  # P(B <= k)
     a = max(int(np.sum(tail <= (1 - level) / 2)) - 1, 0)
