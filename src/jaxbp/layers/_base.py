@@ -1,0 +1,34 @@
+"""The base every built-in layer shares, and the input checks they raise from."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax.numpy as jnp
+
+from jaxbp._types import Array, Params, PRNGKey, Shape
+
+
+class Layer:
+    """Base for the built-in layers: supplies `apply`."""
+
+    def apply(self, params: Params, x: Array, *, key: PRNGKey | None = None) -> Array:
+        return self.forward(params, x, key=key)[0]
+
+
+def _check_input(layer: Any, x: Array, expected: Shape | None = None, *, min_ndim: int = 1) -> None:
+    """Raise at trace time when x cannot be this layer's input."""
+    if not hasattr(x, "shape") or not hasattr(x, "dtype"):
+        raise TypeError(f"{layer!r}: input must be an array, got {type(x).__name__}")
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(f"{layer!r}: input must be floating point, got dtype {x.dtype}")
+    if x.ndim < min_ndim + 1:
+        raise ValueError(
+            f"{layer!r}: input needs a batch axis and {min_ndim} feature axis/axes, "
+            f"got shape {tuple(x.shape)}"
+        )
+    if expected is not None and tuple(x.shape[1:]) != tuple(expected):
+        raise ValueError(
+            f"{layer!r}: expects inputs of shape (batch, {', '.join(map(str, expected))}), "
+            f"got {tuple(x.shape)}"
+        )

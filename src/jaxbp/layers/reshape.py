@@ -1,0 +1,26 @@
+"""Layers that only move values around: Flatten."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax.numpy as jnp
+
+from jaxbp.layers._base import Layer, _check_input
+
+
+@dataclasses.dataclass(frozen=True)
+class Flatten(Layer):
+    """Flatten: (batch, *shape) -> (batch, prod(shape)); dx = dy reshaped back."""
+
+    def init(self, key, input_shape):
+        return (math.prod(input_shape),), ()
+
+    def forward(self, params, x, *, key=None):
+        _check_input(self, x)
+        # A zero-size array carries x's shape through jit and vmap at no cost.
+        return x.reshape(x.shape[0], -1), jnp.zeros((*x.shape, 0), x.dtype)
+
+    def backward(self, params, shape_carrier, dy):
+        return (), dy.reshape(shape_carrier.shape[:-1])
