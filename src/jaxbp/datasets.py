@@ -23,16 +23,22 @@ and MNIST IDX files (`load_idx`, `.gz` allowed) as `IMAGES:LABELS` or, with a gi
 `IMAGES:LABELS:TEST_IMAGES:TEST_LABELS`. Data without its own split is shuffled by
 `numpy.random.default_rng(seed)` (seed=0); the last `round(n * test_fraction)` rows
 (test_fraction=0.2) are the test set.
-Files are read with `allow_pickle=False`: a dataset never runs code.
+
+A file's task (option `task`): "classification" makes y int32 labels, whole numbers 0 to 2**31-1;
+"regression" makes y float32 targets (n, k). The default, "auto", infers classification only when
+y is one label per row, every label a whole number 0..K-1 with 2 <= K <= MAX_CLASSES (1000), and
+every class used, in at least MIN_PER_CLASS (2) rows, train and test counted together; anything
+else (0.5, 1000000, -1, labels 1..10, a class in one row) is refused with a message naming the
+file, the row and the value, asking for the task. Regression is never inferred. A built-in set
+has its own task; an explicit one must match it.
+Every value must be a finite float32 number. Errors name the file and the place: a CSV's line and
+column (1-based), an array's index (0-based).
+Arrays of Python objects are refused, never unpickled: a dataset never runs code.
 """
 
 from __future__ import annotations
 
-import csv
-import gzip
-import math
 import os
-import struct
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
@@ -40,12 +46,33 @@ from typing import Literal, NamedTuple
 
 import numpy as np
 
-Arrays = tuple[np.ndarray, np.ndarray]
-Split = tuple[Arrays, Arrays]
-PathLike = str | os.PathLike[str]
+from jaxbp._datafiles import (
+    MAX_CLASSES,
+    MIN_PER_CLASS,
+    TASKS,
+    PathLike,
+    Split,
+    Task,
+    check_task,
+    load_csv,
+    load_idx,
+    load_npz,
+)
 
-IDX_IMAGES = 0x00000803  # uint8 data, 3 dims (n, rows, cols)
-IDX_LABELS = 0x00000801  # uint8 data, 1 dim (n,)
+__all__ = [
+    "MAX_CLASSES",
+    "MIN_PER_CLASS",
+    "TASKS",
+    "DatasetInfo",
+    "Task",
+    "describe",
+    "info",
+    "load",
+    "load_csv",
+    "load_idx",
+    "load_npz",
+    "names",
+]
 
 
 class DatasetInfo(NamedTuple):
@@ -119,177 +146,6 @@ _BUILTIN: dict[str, Callable[..., Split]] = dict(
 )
 
 
-def _require(path: PathLike) -> Path:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"dataset file not found: {path}")
-    return path
-
-
-def _pair(x: np.ndarray, y: np.ndarray, source: str) -> Arrays:
-    """x as float32 (n, features), uint8 scaled by 1/255; y as int32 (n,) or float32 (n, k)."""
-    if len(x) != len(y):
-        raise ValueError(f"{source}: x has {len(x)} rows but y has {len(y)}")
-    scale = 255.0 if x.dtype == np.uint8 else 1.0
-    inputs = (x.reshape(len(x), -1) / scale).astype(np.float32)
-    if y.dtype.kind in "iub" and (y.ndim == 1 or y.shape[1:] == (1,)):
-        return inputs, y.reshape(-1).astype(np.int32)
-    if y.dtype.kind == "f":
-        return inputs, y.reshape(len(y), -1).astype(np.float32)
-    raise ValueError(
-        f"{source}: y must be integer labels (n,) or float targets, got {y.dtype} {y.shape}"
-    )
-
-
-def _joined(train: Arrays, test: Arrays, source: str) -> Split:
-    """Train and test must agree on everything but the number of rows."""
-    for what, a, b in (("x", train[0], test[0]), ("y", train[1], test[1])):
-        if a.shape[1:] != b.shape[1:] or a.dtype != b.dtype:
-            raise ValueError(
-                f"{source}: {what}_train is {a.dtype} {a.shape}, "
-                f"but {what}_test is {b.dtype} {b.shape}"
-            )
-    return train, test
-
-
-def _split(data: Arrays, test_fraction: float, seed: int) -> Split:
-    """Shuffle with default_rng(seed); the last round(n * test_fraction) rows are the test set."""
-    x, y = data
-    n_test = round(len(x) * test_fraction)
-    if not 0 < n_test < len(x):
-        raise ValueError(
-            f"test_fraction={test_fraction} of {len(x)} rows gives {n_test} test and "
-            f"{len(x) - n_test} train rows; both must be at least 1"
-        )
-    order = np.random.default_rng(seed).permutation(len(x))
-    train, test = order[: len(x) - n_test], order[len(x) - n_test :]
-    return (x[train], y[train]), (x[test], y[test])
-
-
-def load_npz(path: PathLike, *, test_fraction: float = 0.2, seed: int = 0) -> Split:
-    """An .npz holding x_train, y_train, x_test, y_test (used as is), or x, y (split here)."""
-    path = _require(path)
-    archive = np.load(path, allow_pickle=False)
-    if not hasattr(archive, "files"):
-        raise ValueError(f"{path}: holds a single array, not an .npz archive of named arrays")
-    with archive:
-        keys = set(archive.files)
-        if {"x_train", "y_train", "x_test", "y_test"} <= keys:
-            train = _pair(archive["x_train"], archive["y_train"], f"{path} (train)")
-            test = _pair(archive["x_test"], archive["y_test"], f"{path} (test)")
-            return _joined(train, test, str(path))
-        if {"x", "y"} <= keys:
-            return _split(_pair(archive["x"], archive["y"], str(path)), test_fraction, seed)
-    raise ValueError(
-        f"{path}: expected arrays x_train, y_train, x_test, y_test or x, y; found {sorted(keys)}"
-    )
-
-
-def load_csv(
-    path: PathLike,
-    *,
-    label_column: int = -1,
-    test_fraction: float = 0.2,
-    seed: int = 0,
-    header: bool | Literal["auto"] = "auto",
-) -> Split:
-    """A numeric CSV, one example per row; whole-number labels become int32 classes.
-
-    header="auto" skips the first row if any of its cells is not a number. Features are used as
-    they are (no scaling); a label column of non-whole numbers gives float32 targets (n, 1).
-    """
-    path = _require(path)
-    table = _read_table(path, header)
-    if not -table.shape[1] <= label_column < table.shape[1]:
-        raise ValueError(
-            f"{path}: label_column={label_column} but rows have {table.shape[1]} columns"
-        )
-    labels = table[:, label_column]
-    if np.all(labels == np.round(labels)):
-        labels = labels.astype(np.int64)
-    features = np.delete(table, label_column, axis=1)
-    return _split(_pair(features, labels, str(path)), test_fraction, seed)
-
-
-def _numeric(row: list[str]) -> bool:
-    try:
-        [float(cell) for cell in row]
-    except ValueError:
-        return False
-    return True
-
-
-def _read_table(path: Path, header: bool | str) -> np.ndarray:
-    """float64 (rows, columns), blank lines and the header skipped; errors name line and column."""
-    with path.open(newline="") as handle:
-        rows = [(line, row) for line, row in enumerate(csv.reader(handle), 1) if any(row)]
-    if rows and (header is True or (header == "auto" and not _numeric(rows[0][1]))):
-        rows = rows[1:]
-    if len(rows) < 2 or len(rows[0][1]) < 2:
-        raise ValueError(f"{path}: need at least 2 data rows and 2 columns, found {len(rows)} rows")
-    try:
-        return np.array([row for _, row in rows], dtype=np.float64)
-    except ValueError:
-        pass  # the fast path failed; find the row or cell to blame
-    for line, row in rows:
-        if len(row) != len(rows[0][1]):
-            raise ValueError(f"{path}, line {line}: {len(row)} columns, expected {len(rows[0][1])}")
-        for column, cell in enumerate(row, 1):
-            if not _numeric([cell]):
-                raise ValueError(f"{path}, line {line}, column {column}: {cell!r} is not a number")
-    raise ValueError(f"{path}: could not parse as numbers")
-
-
-def _read_idx(path: PathLike, magic: int) -> np.ndarray:
-    """uint8 array from an IDX file: big-endian u32 magic, one u32 per dim, then the bytes."""
-    path = _require(path)
-    with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as handle:
-        raw = handle.read()
-    if raw[:4] != struct.pack(">I", magic):
-        found = raw[:4].hex().upper()
-        raise ValueError(f"{path}: IDX magic number 0x{found}, expected 0x{magic:08X}")
-    ndim = magic & 0xFF
-    if len(raw) < 4 * (1 + ndim):
-        raise ValueError(f"{path}: {len(raw)} bytes is too short for an IDX header of {ndim} dims")
-    shape = struct.unpack(f">{ndim}I", raw[4 : 4 * (1 + ndim)])
-    data = np.frombuffer(raw, np.uint8, offset=4 * (1 + ndim))
-    if data.size != math.prod(shape):
-        raise ValueError(
-            f"{path}: header shape {shape} needs {math.prod(shape)} data bytes, found {data.size}"
-        )
-    return data.reshape(shape)
-
-
-def _idx_pair(images_path: PathLike, labels_path: PathLike) -> Arrays:
-    images, labels = _read_idx(images_path, IDX_IMAGES), _read_idx(labels_path, IDX_LABELS)
-    if len(images) != len(labels):
-        raise ValueError(
-            f"{images_path} holds {len(images)} images but {labels_path} holds {len(labels)} labels"
-        )
-    return _pair(images, labels, str(images_path))
-
-
-def load_idx(
-    images_path: PathLike,
-    labels_path: PathLike,
-    *,
-    test_images_path: PathLike | None = None,
-    test_labels_path: PathLike | None = None,
-    test_fraction: float = 0.2,
-    seed: int = 0,
-) -> Split:
-    """MNIST-format IDX files (.gz read as gzip); images (n, rows*cols) scaled by 1/255.
-
-    With test files given they are the test set; otherwise the train files are split here.
-    """
-    train = _idx_pair(images_path, labels_path)
-    if test_images_path is None and test_labels_path is None:
-        return _split(train, test_fraction, seed)
-    if test_images_path is None or test_labels_path is None:
-        raise ValueError("give both test_images_path and test_labels_path, or neither")
-    return _joined(train, _idx_pair(test_images_path, test_labels_path), str(images_path))
-
-
 def names() -> tuple[str, ...]:
     """The built-in dataset names, sorted."""
     return tuple(sorted(_BUILTIN))
@@ -299,7 +155,7 @@ def load(name: PathLike, **options) -> Split:
     """A built-in dataset by name, or a file by path (see the module docstring)."""
     spec = os.fspath(name)
     if spec in _BUILTIN:
-        return _BUILTIN[spec](**options)
+        return _builtin(spec, **options)
     path = Path(spec)
     if path.suffix.lower() == ".npz":
         return load_npz(path, **options)
@@ -315,6 +171,16 @@ def load(name: PathLike, **options) -> Split:
         f"unknown dataset {spec!r}; valid names: {', '.join(names())}; "
         "or a path: *.npz, *.csv, IMAGES:LABELS[:TEST_IMAGES:TEST_LABELS] (IDX)"
     )
+
+
+def _builtin(name: str, task: Task = "auto", **options) -> Split:
+    """A built-in set; its task is fixed, so an explicit one must agree with it."""
+    check_task(task)
+    data = _BUILTIN[name](**options)
+    kind = describe(data).task
+    if task not in ("auto", kind):
+        raise ValueError(f"{name} is a {kind} dataset; task={task!r} does not apply")
+    return data
 
 
 def _idx_spec(paths: list[str], **options) -> Split:
