@@ -12,30 +12,62 @@ from typing import Any
 
 import jax
 
-from jaxbp._types import Array, Grads, Params, PRNGKey
+from jaxbp._types import Array, Params, PRNGKey
+from jaxbp.layers.protocol import State, forward_state
 
 __all__ = ["backprop", "autodiff", "to_custom_vjp"]
 
 
 def backprop(
-    model: Any, loss: Any, params: Params, x: Array, y: Array, *, key: PRNGKey | None = None
-) -> tuple[Array, Grads]:
+    model: Any,
+    loss: Any,
+    params: Params,
+    x: Array,
+    y: Array,
+    *,
+    key: PRNGKey | None = None,
+    state: State = None,
+) -> tuple:
     """The cost and its gradient, by the hand-written rules of `loss` and every layer of `model`.
 
+    Returns (value, grads); with state=... (a model with BatchNorm, say), the forward pass reads
+    and updates it and the result is (value, grads, new_state).
     Under jit, XLA drops the first layer's input cotangent, which nothing uses.
     """
-    y_pred, residuals = model.forward(params, x, key=key)
+    if state is None:
+        y_pred, residuals = model.forward(params, x, key=key)
+    else:
+        y_pred, residuals, state = forward_state(model, params, state, x, key=key)
     value, loss_residuals = loss.forward(y_pred, y)
     dy_pred = loss.backward(loss_residuals)
     grads, _ = model.backward(params, residuals, dy_pred)
-    return value, grads
+    return (value, grads) if state is None else (value, grads, state)
 
 
 def autodiff(
-    model: Any, loss: Any, params: Params, x: Array, y: Array, *, key: PRNGKey | None = None
-) -> tuple[Array, Grads]:
-    """The referee: jax.value_and_grad of loss.apply(model.apply(params, x), y)."""
-    return jax.value_and_grad(lambda p: loss.apply(model.apply(p, x, key=key), y))(params)
+    model: Any,
+    loss: Any,
+    params: Params,
+    x: Array,
+    y: Array,
+    *,
+    key: PRNGKey | None = None,
+    state: State = None,
+) -> tuple:
+    """The referee: jax.value_and_grad of loss.apply(model.apply(params, x), y).
+
+    With state=..., differentiates the forward pass that reads and updates it, and returns
+    (value, grads, new_state) like backprop.
+    """
+    if state is None:
+        return jax.value_and_grad(lambda p: loss.apply(model.apply(p, x, key=key), y))(params)
+
+    def cost(p):
+        y_pred, _, new_state = forward_state(model, p, state, x, key=key)
+        return loss.apply(y_pred, y), new_state
+
+    (value, new_state), grads = jax.value_and_grad(cost, has_aux=True)(params)
+    return value, grads, new_state
 
 
 def to_custom_vjp(layer: Any) -> Callable[[Params, Array], Array]:

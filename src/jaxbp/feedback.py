@@ -4,8 +4,9 @@ Autodiff can only give the true gradient; a hand-written sweep can be told to do
 An `Engine` has backprop's signature, `engine(model, loss, params, x, y, *, key=None) ->
 (value, grads)`, so the training loop takes it wherever it takes `backprop`. Built here:
 
-- `engine_from_rules(rules)`: the hook. rules[i](params, residuals, dy) -> (dparams, dx) replaces
-  the backward of layer i of a serial model; every other layer keeps its own.
+- `engine_from_rules(rules)`: the hook. rules[path](params, residuals, dy) -> (dparams, dx)
+  replaces the backward of the layer at that path (e.g. (3, 0, 1); an int i means (i,)); every
+  other layer keeps its own.
 - `feedback_alignment` (FA, Lillicrap et al. 2016): each Dense layer sends its delta back through
   a fixed random B (W's shape) instead of W, dx = dy B^T; dW = x^T dy and db as usual.
 - `direct_feedback_alignment` (DFA, Nokland 2016): the output error e = dC/dy_pred goes straight
@@ -31,7 +32,8 @@ import jax.numpy as jnp
 
 from jaxbp._types import Array, Grads, Params, PRNGKey, Shape
 from jaxbp.layers import Dense
-from jaxbp.signals import Rule, Signals, _layers, backprop_with_signals, to_floats
+from jaxbp.layers.protocol import Path, leaves
+from jaxbp.signals import ByPath, Rule, backprop_with_signals, params_at, to_floats
 
 __all__ = [
     "Engine", "engine_from_rules", "feedback_rule", "feedback_alignment", "direct_feedback",
@@ -43,12 +45,12 @@ __all__ = [
 class Engine:
     """A gradient engine: backprop's forward pass and signature, other backward rules.
 
-    rules(e) -> {layer index: Rule}, given the output error e = dC/dy_pred. feedback holds the
-    fixed matrices the rules use, by the index of the layer whose input cotangent they make.
+    rules(e) -> {layer path: Rule}, given the output error e = dC/dy_pred. feedback holds the
+    fixed matrices the rules use, by the path of the layer whose input cotangent they make.
     """
 
-    rules: Callable[[Array], Mapping[int, Rule]]
-    feedback: Mapping[int, Array] = dataclasses.field(default_factory=dict)
+    rules: Callable[[Array], Mapping[Path, Rule]]
+    feedback: Mapping[Path, Array] = dataclasses.field(default_factory=dict)
     name: str = "engine"
 
     def __repr__(self) -> str:
@@ -63,9 +65,11 @@ class Engine:
         y: Array,
         *,
         key: PRNGKey | None = None,
-    ) -> tuple[Array, Grads]:
-        value, grads, _ = self.with_signals(model, loss, params, x, y, key=key)
-        return value, grads
+        state: Any = None,
+    ) -> tuple:
+        """(value, grads) like backprop; with state=..., (value, grads, new_state)."""
+        out = self.with_signals(model, loss, params, x, y, key=key, state=state)
+        return out[:2] if state is None else (*out[:2], out[3])
 
     def with_signals(
         self,
@@ -76,24 +80,28 @@ class Engine:
         y: Array,
         *,
         key: PRNGKey | None = None,
-    ) -> tuple[Array, Grads, Signals]:
-        """(value, grads, signals), the signals' deltas being those this engine sent back."""
-        return backprop_with_signals(model, loss, params, x, y, key=key, rules=self.rules)
+        state: Any = None,
+    ) -> tuple:
+        """(value, grads, signals[, new_state]), the deltas being those this engine sent back."""
+        return backprop_with_signals(
+            model, loss, params, x, y, key=key, state=state, rules=self.rules
+        )
 
 
 def engine_from_rules(
-    rules: Mapping[int, Rule],
+    rules: Mapping[Path | int, Rule],
     *,
     name: str = "custom",
-    feedback: Mapping[int, Array] | None = None,
+    feedback: Mapping[Path, Array] | None = None,
 ) -> Engine:
-    """The hook: an engine whose layer i runs rules[i](params, residuals, dy) -> (dparams, dx).
+    """The hook: an engine whose layer at path p runs rules[p](params, residuals, dy), which
+    returns (dparams, dx).
 
     dparams must have the structure of the layer's params and dx the shape of its input.
     feedback: matrices the rules close over, kept on the engine for inspection.
     """
-    rules = dict(rules)
-    return Engine(rules=lambda e: rules, feedback=dict(feedback or {}), name=name)
+    rules = {(k,) if isinstance(k, int) else tuple(k): rule for k, rule in rules.items()}
+    return Engine(rules=lambda e: rules, feedback=ByPath(feedback or {}), name=name)
 
 
 def feedback_rule(layer: Any, B: Array) -> Rule:
@@ -112,11 +120,20 @@ def feedback_rule(layer: Any, B: Array) -> Rule:
 
 
 def _dense_shapes(model: Any, params_or_input_shape: Params | Shape, key: PRNGKey) -> dict:
-    """{index: (in, out)} of each Dense layer's W, from params or traced from an input shape."""
-    layers, given = _layers(model), params_or_input_shape
+    """{path: (in, out)} of each Dense layer's W at any depth, in forward order, from params or
+    traced from an input shape."""
+    given = params_or_input_shape
     if isinstance(given, (tuple, list)) and all(isinstance(d, int) for d in given):
         _, given = jax.eval_shape(lambda k: model.init(k, tuple(params_or_input_shape)), key)
-    return {i: tuple(given[i]["W"].shape) for i, lyr in enumerate(layers) if isinstance(lyr, Dense)}
+    return {
+        path: tuple(params_at(given, path)["W"].shape)
+        for path, layer in leaves(model)
+        if isinstance(layer, Dense)
+    }
+
+
+def _layer_at(model: Any, path: Path) -> Any:
+    return dict(leaves(model))[path]
 
 
 @functools.partial(jax.jit, static_argnames="specs")
@@ -146,7 +163,7 @@ def feedback_alignment(
     # Variance 1/in, like W's own init, so backward signals start at backprop's scale.
     specs = tuple((k, shape, shape[0]) for k, shape in shapes.items())
     matrices = _normals(key, specs)
-    rules = {k: feedback_rule(model.layers[k], B) for k, B in matrices.items()}
+    rules = {k: feedback_rule(_layer_at(model, k), B) for k, B in matrices.items()}
     return engine_from_rules(rules, name="feedback_alignment", feedback=matrices)
 
 
@@ -165,15 +182,16 @@ def _projected(layer: Any, B: Array, e: Array) -> Rule:
 
 
 def direct_feedback(
-    model: Any, matrices: Mapping[int, Array], *, name: str = "direct_feedback"
+    model: Any, matrices: Mapping[Path | int, Array], *, name: str = "direct_feedback"
 ) -> Engine:
     """DFA with given matrices: layer k's input cotangent is e @ matrices[k], (n_out, in_k)."""
-    matrices, layers = dict(matrices), _layers(model)
+    matrices = {(k,) if isinstance(k, int) else tuple(k): B for k, B in matrices.items()}
+    layers = {k: _layer_at(model, k) for k in matrices}
 
     def rules(e):
         return {k: _projected(layers[k], B, e) for k, B in matrices.items()}
 
-    return Engine(rules=rules, feedback=matrices, name=name)
+    return Engine(rules=rules, feedback=ByPath(matrices), name=name)
 
 
 def direct_feedback_alignment(
@@ -186,7 +204,7 @@ def direct_feedback_alignment(
     shapes = _dense_shapes(model, params_or_input_shape, key)
     if len(shapes) < 2:
         raise ValueError(f"direct_feedback_alignment: {model!r:.80} needs two or more Dense layers")
-    dense = sorted(shapes)
+    dense = list(shapes)  # forward order
     n_out = shapes[dense[-1]][1]
     # Variance 1/n_out, the projection's fan-in, as a Dense layer from e would be drawn.
     specs = tuple((k, (n_out, shapes[k][0]), n_out) for k in dense[1:])

@@ -1,8 +1,9 @@
 """Per-layer signals: what enters, leaves and comes back to every layer, which autodiff hides.
 
-`backprop_with_signals` runs backprop's two sweeps one layer at a time and also returns, for each
-layer of a serial model, its input, its output and its delta: the cotangent dC/d(output) that
-reaches it in the reverse sweep (for a Dense layer, the textbooks' dC/dz). Plain `backprop` is
+`backprop_with_signals` runs backprop's two sweeps and also returns, for every layer at any depth
+(named by its path in the params tree, e.g. (3, 0, 1)), its input, its output and its delta: the
+cotangent dC/d(output) that reaches it in the reverse sweep (for a Dense layer, the textbooks'
+dC/dz). Plain `backprop` is
 untouched, so the signals cost nothing unless asked for. The same sweep takes replacement backward
 rules, which is how `jaxbp.feedback` swaps credit assignment while keeping the forward pass.
 """
@@ -17,10 +18,12 @@ import jax
 import jax.numpy as jnp
 
 from jaxbp._types import Array, Grads, Params, PRNGKey, Residuals
+from jaxbp.layers.combinators import Rule, Sweep, sweep_backward, sweep_forward
+from jaxbp.layers.protocol import Path, State, is_combinator, path_str
 
 __all__ = [
-    "LayerSignals", "Signals", "Rule", "backprop_with_signals", "forward_sweep", "reverse_sweep",
-    "signal_stats", "to_floats",
+    "LayerSignals", "Signals", "ByPath", "Rule", "backprop_with_signals", "forward_sweep",
+    "reverse_sweep", "signal_stats", "to_floats", "params_at",
 ]  # fmt: skip
 
 
@@ -32,24 +35,64 @@ class LayerSignals(NamedTuple):
     delta: Array
 
 
-Signals = tuple[LayerSignals, ...]
-# A backward rule in the layer protocol's convention: (params, residuals, dy) -> (dparams, dx).
-Rule = Callable[[Params, Residuals, Array], tuple[Grads, Array]]
+@jax.tree_util.register_pytree_node_class
+class ByPath(dict):
+    """{path: value} in forward order, a layer's path being its address in the params tree,
+    e.g. (3, 0, 1). An int i stands for the top-level path (i,). A pytree, so jit returns it."""
+
+    def __getitem__(self, path):
+        return super().__getitem__(_as_path(path))
+
+    def __contains__(self, path):
+        return super().__contains__(_as_path(path))
+
+    def named(self) -> dict[str, Any]:
+        """The same values keyed by printed path, '[3][0][1]': ready for JSON."""
+        return {path_str(p): v for p, v in self.items()}
+
+    def tree_flatten(self):
+        return list(self.values()), list(self.keys())
+
+    @classmethod
+    def tree_unflatten(cls, paths, values):
+        return cls(zip(paths, values))
 
 
-def _layers(model: Any) -> tuple:
-    layers = getattr(model, "layers", None)
-    if not isinstance(layers, (tuple, list)) or not hasattr(model, "reverse_sweep"):
-        raise TypeError(f"per-layer sweeps need a serial model (with .layers), got {model!r:.80}")
-    return tuple(layers)
+def _as_path(path) -> Path:
+    return (path,) if isinstance(path, int) else tuple(path)
+
+
+Signals = ByPath  # of LayerSignals, one per layer that is not a combinator
+
+
+def _check_rules(model: Any, rules: Mapping) -> dict[Path, Rule]:
+    """rules keyed by path (an int i meaning (i,)); a path that names no layer raises."""
+    rules = {_as_path(p): r for p, r in dict(rules or {}).items()}
+    known = set(_all_paths(model))
+    unknown = sorted(path_str(p) for p in rules if p not in known)
+    if unknown:
+        raise ValueError(
+            f"rules for layers {', '.join(unknown)}, but the model's layers are at "
+            f"{', '.join(sorted(map(path_str, known - {()})))}"
+        )
+    return rules
+
+
+def _all_paths(model: Any, path: Path = ()):
+    yield path
+    if is_combinator(model):
+        for step, child in model.sublayers():
+            yield from _all_paths(child, path + step)
 
 
 def forward_sweep(
-    model: Any, params: Params, x: Array, *, key: PRNGKey | None = None
-) -> tuple[Array, Residuals, tuple[Array, ...]]:
-    """model.forward one layer at a time: (y_pred, residuals, inputs), inputs[i] into layer i."""
-    _layers(model)
-    return model.forward_sweep(params, x, key=key)
+    model: Any, params: Params, x: Array, *, key: PRNGKey | None = None, state: State = None
+) -> tuple[Array, Residuals, ByPath, State]:
+    """model's forward, also returning each leaf layer's input by path: (y, residuals, inputs,
+    new_state); state None runs without a state tree (new_state is then None)."""
+    sweep = Sweep(record=True)
+    y, residuals, state = sweep_forward(model, params, state, x, key, (), sweep)
+    return y, residuals, ByPath(sweep.inputs), state
 
 
 def reverse_sweep(
@@ -57,20 +100,16 @@ def reverse_sweep(
     params: Params,
     residuals: Residuals,
     dy: Array,
-    rules: Mapping[int, Rule] | None = None,
-) -> tuple[Grads, tuple[Array, ...]]:
-    """model.backward one layer at a time: (grads, deltas), deltas[i] reaching layer i's output.
+    rules: Mapping[Path | int, Rule] | None = None,
+) -> tuple[Grads, ByPath]:
+    """model's backward, also returning the delta reaching each leaf layer's output by path.
 
-    rules[i], when given, replaces layer i's backward; every other layer uses its own.
+    rules[path], when given, replaces that layer's backward rule (a combinator's too); every
+    other layer uses its own.
     """
-    layers, rules = _layers(model), dict(rules or {})
-    unknown = sorted(i for i in rules if not (isinstance(i, int) and 0 <= i < len(layers)))
-    if unknown:
-        raise ValueError(
-            f"rules for layers {unknown}, but the model has layers 0..{len(layers) - 1}"
-        )
-    grads, _, deltas = model.reverse_sweep(params, residuals, dy, rules)
-    return grads, deltas
+    sweep = Sweep(rules=_check_rules(model, rules), record=True)
+    grads, _ = sweep_backward(model, params, residuals, dy, (), sweep)
+    return grads, ByPath(sweep.deltas)
 
 
 def backprop_with_signals(
@@ -81,19 +120,34 @@ def backprop_with_signals(
     y: Array,
     *,
     key: PRNGKey | None = None,
-    rules: Callable[[Array], Mapping[int, Rule]] | None = None,
-) -> tuple[Array, Grads, Signals]:
-    """backprop's (value, grads), plus each layer's LayerSignals(input, output, delta), in order.
+    state: State = None,
+    rules: Callable[[Array], Mapping[Path | int, Rule]] | None = None,
+) -> tuple:
+    """backprop's (value, grads), plus each leaf layer's LayerSignals(input, output, delta) by
+    path, in forward order; with state=..., (value, grads, signals, new_state).
 
     rules(e), given the output error e = dC/dy_pred, names backward rules that replace those of
-    chosen layers (see jaxbp.feedback); None is plain backprop. Works under jit and vmap.
+    chosen layers, by path (see jaxbp.feedback); None is plain backprop. Works under jit and vmap.
     """
-    y_pred, residuals, inputs = forward_sweep(model, params, x, key=key)
+    sweep = Sweep(record=True)
+    y_pred, residuals, new_state = sweep_forward(model, params, state, x, key, (), sweep)
     value, loss_residuals = loss.forward(y_pred, y)
     e = loss.backward(loss_residuals)
-    grads, deltas = reverse_sweep(model, params, residuals, e, None if rules is None else rules(e))
-    outputs = (*inputs[1:], y_pred)
-    return value, grads, tuple(map(LayerSignals, inputs, outputs, deltas))
+    if rules is not None:
+        sweep.rules = _check_rules(model, rules(e))
+    grads, _ = sweep_backward(model, params, residuals, e, (), sweep)
+    signals = ByPath(
+        (p, LayerSignals(sweep.inputs[p], sweep.outputs[p], sweep.deltas.get(p)))
+        for p in sweep.inputs
+    )
+    return (value, grads, signals) if state is None else (value, grads, signals, new_state)
+
+
+def params_at(params: Params, path: Path) -> Params:
+    """The subtree of params (or grads) at a layer's path."""
+    for step in path:
+        params = params[step]
+    return params
 
 
 def _norm(a: Array) -> Array:
@@ -104,23 +158,23 @@ def _rms(a: Array) -> Array:
     return jnp.sqrt(jnp.mean(jnp.square(a)))
 
 
-def signal_stats(signals: Signals, grads: Grads) -> tuple[dict[str, Array], ...]:
-    """Per layer, for gradient-flow plots: {"delta_norm", "delta_rms", "output_rms"}, plus
-    {"grad_norm", "grad_rms"} over all of the layer's gradient leaves when it has params.
+def signal_stats(signals: Signals, grads: Grads) -> ByPath:
+    """Per layer (by path), for gradient-flow plots: {"delta_norm", "delta_rms", "output_rms"},
+    plus {"grad_norm", "grad_rms"} over all of the layer's gradient leaves when it has params.
 
-    Scalars as arrays, so it runs under jit; `to_floats` makes the result JSON-ready.
+    Scalars as arrays, so it runs under jit; `to_floats` and `.named()` make it JSON-ready.
     Deltas carry C's 1/batch factor, as the gradients do.
     """
-    stats = []
-    for s, g in zip(signals, grads, strict=True):
+    stats = ByPath()
+    for path, s in signals.items():
         layer = {"delta_norm": _norm(s.delta), "delta_rms": _rms(s.delta)}
         layer["output_rms"] = _rms(s.output)
-        leaves = jax.tree.leaves(g)
+        leaves = jax.tree.leaves(params_at(grads, path))
         if leaves:
             flat = jnp.concatenate([jnp.ravel(leaf) for leaf in leaves])
             layer["grad_norm"], layer["grad_rms"] = _norm(flat), _rms(flat)
-        stats.append(layer)
-    return tuple(stats)
+        stats[path] = layer
+    return stats
 
 
 def _float(a: Any) -> float | None:
@@ -130,5 +184,7 @@ def _float(a: Any) -> float | None:
 
 
 def to_floats(tree: Any) -> Any:
-    """The same nested dicts and tuples with each scalar leaf a Python float (non-finite: None)."""
-    return jax.tree.map(_float, tree)
+    """The same nested dicts and tuples with each scalar leaf a Python float (non-finite: None);
+    a ByPath becomes a dict keyed by printed path ('[3][0][1]'), so json.dumps takes it."""
+    out = jax.tree.map(_float, tree)
+    return out.named() if isinstance(out, ByPath) else out

@@ -16,6 +16,33 @@ The protocol, stated once. A layer is an immutable object with four pure methods
 
 Any object with these methods is a layer (duck typing); `Layer` only supplies `apply`.
 No rule here calls jax.grad, jax.vjp or jax.jacobian: jax.grad is the referee, not the player.
+
+Growth, by optional methods and one adapter each (`jaxbp.layers.protocol`), never by editing
+every layer:
+
+    init_state(params) -> state
+        A pytree of arrays the layer updates in training and reads in evaluation (BatchNorm's
+        running statistics); never inside params, so optax never sees it. Default: ().
+    forward_state(params, state, x, *, key=None) -> (y, residuals, new_state)
+        forward, for layers that read or write state, and for combinators, which thread it
+        through their children (one entry per child, () for stateless ones, as optax's chain
+        does). Default: forward(...) and the state unchanged.
+    train: bool = True
+        A field of every layer that behaves differently in training and evaluation (Dropout,
+        BatchNorm). `eval_mode(model)` returns the model with it False everywhere; nothing
+        switches mode implicitly.
+    key
+        Stochastic layers raise without one in training (never a silent identity). A
+        combinator hands its child at path p the key fold_in(key, p[-1]), so adding a layer
+        does not reshuffle the others' randomness.
+
+Integer inputs (Embedding's ids) have no cotangent: their dx is a float0 array (JAX's own
+convention), and a sweep stops there.
+
+Combinators (Serial, Residual, Parallel) are layers whose backward sums their fan-out's
+cotangents. Every layer is addressed by its path in the params tree: (3, 0, 1) is
+params[3][0][1]; Residual adds no step to the path (its params are its body's). Error messages,
+signals, replacement rules and check reports name layers by path: `layer [3][0][1] Dense(...)`.
 """
 
 from __future__ import annotations
@@ -36,13 +63,19 @@ from jaxbp.layers.activations import (
     Tanh,
     activation,
 )  # fmt: skip
-from jaxbp.layers.combinators import Serial, serial
+from jaxbp.layers.combinators import Parallel, Residual, Serial, serial
 from jaxbp.layers.dense import Dense
-from jaxbp.layers.models import mlp
+from jaxbp.layers.dropout import Dropout
+from jaxbp.layers.embedding import Embedding
+from jaxbp.layers.models import PRESETS, branched_mlp, mlp, preset, residual_mlp
+from jaxbp.layers.norm import BatchNorm, LayerNorm, RMSNorm
+from jaxbp.layers.protocol import eval_mode, forward_state, init_state, train_mode
 from jaxbp.layers.reshape import Flatten
 
 __all__ = [
     "Layer", "Dense", "Sigmoid", "Tanh", "Relu", "LeakyRelu", "Elu", "Gelu", "Softplus", "Silu",
     "Identity", "Softmax", "LogSoftmax", "Flatten", "Serial", "serial", "mlp", "activation",
-    "ACTIVATIONS",
+    "ACTIVATIONS", "Residual", "Parallel", "eval_mode", "train_mode", "init_state",
+    "forward_state", "Dropout", "Embedding", "BatchNorm", "LayerNorm", "RMSNorm", "residual_mlp",
+    "branched_mlp", "PRESETS", "preset",
 ]  # fmt: skip

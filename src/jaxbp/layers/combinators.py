@@ -1,104 +1,335 @@
-"""Composition: layers in sequence, each addressed by its position."""
+"""Composition: Serial, Residual and Parallel, whose backward sums their fan-out's cotangents.
+
+A combinator's forward and backward walk its children by path (see `jaxbp.layers.protocol`).
+The walk carries a `Sweep`: replacement backward rules by path, and, when signals are asked for,
+a record of every leaf layer's input, output and delta. Plain forward/backward use an empty one.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
-from jaxbp._types import Params
+from jaxbp._types import Array, Grads, Params, PRNGKey, Residuals
 from jaxbp.layers._base import Layer
+from jaxbp.layers.protocol import Path, State, forward_state, init_state, is_combinator
+
+__all__ = ["Serial", "Residual", "Parallel", "Sweep", "serial", "sweep_forward", "sweep_backward"]
+
+# A backward rule in the protocol's convention: (params, residuals, dy) -> (dparams, dx).
+Rule = Callable[[Params, Residuals, Array], tuple[Grads, Array]]
+
+
+@dataclasses.dataclass
+class Sweep:
+    """What a walk carries besides arrays: rules[path] replaces that layer's backward; with
+    record=True, inputs/outputs/deltas[path] collect each leaf layer's signals as it passes."""
+
+    rules: Mapping[Path, Rule] = dataclasses.field(default_factory=dict)
+    record: bool = False
+    inputs: dict = dataclasses.field(default_factory=dict)
+    outputs: dict = dataclasses.field(default_factory=dict)
+    deltas: dict = dataclasses.field(default_factory=dict)
+
+
+def sweep_forward(
+    layer: Any, params: Params, state: State | None, x: Array, key: PRNGKey | None,
+    path: Path, sweep: Sweep,
+) -> tuple[Array, Residuals, State | None]:  # fmt: skip
+    """One layer's forward inside a walk; state None means 'no state tree' (plain forward)."""
+    if is_combinator(layer):
+        return layer.walk_forward(params, state, x, key, path, sweep)
+    with _Blame(path, layer):
+        if state is None:
+            y, residuals = layer.forward(params, x, key=key)
+        else:
+            y, residuals, state = forward_state(layer, params, state, x, key=key)
+    if sweep.record:
+        sweep.inputs[path], sweep.outputs[path] = x, y
+    return y, residuals, state
+
+
+def sweep_backward(
+    layer: Any, params: Params, residuals: Residuals, dy: Array, path: Path, sweep: Sweep
+) -> tuple[Grads, Array]:
+    """One layer's backward inside a walk: its rule, or the one sweep.rules names for its path."""
+    rule = sweep.rules.get(path)
+    if rule is None and is_combinator(layer):
+        return layer.walk_backward(params, residuals, dy, path, sweep)
+    if sweep.record:
+        sweep.deltas[path] = dy
+    with _Blame(path, layer):
+        return (rule or layer.backward)(params, residuals, dy)
+
+
+class _Combinator(Layer):
+    """forward/backward/forward_state of a combinator: a walk from its own path, ()."""
+
+    def forward(self, params, x, *, key=None):
+        y, residuals, _ = self.walk_forward(params, None, x, key, (), Sweep())
+        return y, residuals
+
+    def forward_state(self, params, state, x, *, key=None):
+        return self.walk_forward(params, state, x, key, (), Sweep())
+
+    def backward(self, params, residuals, dy):
+        return self.walk_backward(params, residuals, dy, (), Sweep())
+
+
+def _child_key(key: PRNGKey | None, step: int) -> PRNGKey | None:
+    return None if key is None else jax.random.fold_in(key, step)
+
+
+# ---------------------------------------------------------------------------------------------
+# Serial
 
 
 @dataclasses.dataclass(frozen=True)
-class Serial(Layer):
-    """Layers in sequence. params: a tuple of each layer's params. backward: the reverse sweep."""
+class Serial(_Combinator):
+    """Layers in sequence; params: a tuple, one entry per layer. backward: the reverse sweep,
+    dy_{i} = backward_i(dy_{i+1}). Residuals: a tuple, one per layer. Layer i is at path (i,)."""
 
     layers: tuple
 
     def __repr__(self):
         return f"serial({', '.join(map(repr, self.layers))})"
 
+    def sublayers(self):
+        return tuple(((i,), layer) for i, layer in enumerate(self.layers))
+
+    def with_sublayers(self, layers):
+        return Serial(tuple(layers))
+
     def init(self, key, input_shape):
         shape, params = tuple(input_shape), []
         for i, (layer, k) in enumerate(zip(self.layers, jax.random.split(key, len(self.layers)))):
-            with _blame(i, layer):
+            with _Blame((i,), layer):
                 shape, p = layer.init(k, shape)
             params.append(p)
         return shape, tuple(params)
 
-    def forward(self, params, x, *, key=None):
-        y, residuals, _ = self.forward_sweep(params, x, key=key)
-        return y, residuals
+    def init_state(self, params):
+        _check_params(self, params, len(self.layers))
+        return tuple(init_state(layer, p) for layer, p in zip(self.layers, params))
 
-    def backward(self, params, residuals, dy):
-        dparams, dx, _ = self.reverse_sweep(params, residuals, dy)
-        return dparams, dx
-
-    def forward_sweep(self, params, x, *, key=None):
-        """forward, also returning each layer's input: (y, residuals, inputs)."""
-        _check_params(self, params)
-        keys = [None] * len(self.layers) if key is None else jax.random.split(key, len(self.layers))
-        residuals, inputs = [], []
-        for i, (layer, p, k) in enumerate(zip(self.layers, params, keys)):
-            inputs.append(x)
-            with _blame(i, layer):
-                x, r = layer.forward(p, x, key=k)
+    def walk_forward(self, params, state, x, key, path, sweep):
+        _check_params(self, params, len(self.layers), path)
+        states = (None,) * len(self.layers) if state is None else state
+        _check_params(self, states, len(self.layers), path, what="states")
+        residuals, new_states = [], []
+        for i, (layer, p, s) in enumerate(zip(self.layers, params, states)):
+            x, r, s = sweep_forward(layer, p, s, x, _child_key(key, i), path + (i,), sweep)
             residuals.append(r)
-        return x, tuple(residuals), tuple(inputs)
+            new_states.append(s)
+        return x, tuple(residuals), None if state is None else tuple(new_states)
 
-    def reverse_sweep(self, params, residuals, dy, rules=None):
-        """backward, also returning the cotangent reaching each layer's output.
-
-        Returns (dparams, dx, deltas), deltas[i] being dC/d(output of layer i).
-
-        rules[i], when given, replaces layer i's backward rule (the forward pass is unchanged).
-        """
-        rules = rules or {}
-        dparams, deltas = [None] * len(self.layers), [None] * len(self.layers)
+    def walk_backward(self, params, residuals, dy, path, sweep):
+        dparams = [None] * len(self.layers)
         for i in reversed(range(len(self.layers))):
-            deltas[i] = dy
-            dparams[i], dy = rules.get(i, self.layers[i].backward)(params[i], residuals[i], dy)
-        return tuple(dparams), dy, tuple(deltas)
+            dparams[i], dy = sweep_backward(
+                self.layers[i], params[i], residuals[i], dy, path + (i,), sweep
+            )
+        return tuple(dparams), dy
 
 
-class _blame:
-    """Prefix errors raised inside a serial's layer with its position: 'layer [2] Dense(...)'."""
+def serial(*layers: Any) -> Serial:
+    """Compose layers in sequence; params is the tuple of each layer's params, in order."""
+    _check_layers("serial", layers)
+    return Serial(tuple(layers))
 
-    def __init__(self, index: int, layer: Any):
-        self.prefix = f"layer [{index}] {layer!r}"
+
+# ---------------------------------------------------------------------------------------------
+# Residual
+
+
+@dataclasses.dataclass(frozen=True)
+class Residual(_Combinator):
+    """Skip connection y = x + body(x); dx = dy + body.backward(dy) (the fan-out of x adds).
+
+    params, state and residuals: the body's; the body sits at the Residual's own path.
+    """
+
+    body: Any
+
+    def __post_init__(self):
+        _check_layers("Residual", (self.body,))
+
+    def sublayers(self):
+        return (((), self.body),)
+
+    def with_sublayers(self, layers):
+        return Residual(*layers)
+
+    def init(self, key, input_shape):
+        shape, params = self.body.init(key, input_shape)
+        if tuple(shape) != tuple(input_shape):
+            raise ValueError(
+                f"Residual: y = x + body(x) needs the body to keep the shape, but {self.body!r} "
+                f"maps {tuple(input_shape)} to {tuple(shape)}"
+            )
+        return tuple(input_shape), params
+
+    def init_state(self, params):
+        return init_state(self.body, params)
+
+    def walk_forward(self, params, state, x, key, path, sweep):
+        y, residuals, state = sweep_forward(self.body, params, state, x, key, path, sweep)
+        if y.shape != x.shape:
+            raise ValueError(
+                f"layer {_path_str(path)} Residual: body maps {tuple(x.shape)} to "
+                f"{tuple(y.shape)}; y = x + body(x) needs equal shapes"
+            )
+        return x + y, residuals, state
+
+    def walk_backward(self, params, residuals, dy, path, sweep):
+        dparams, dx = sweep_backward(self.body, params, residuals, dy, path, sweep)
+        return dparams, dx + dy
+
+
+# ---------------------------------------------------------------------------------------------
+# Parallel
+
+
+@dataclasses.dataclass(frozen=True)
+class Parallel(_Combinator):
+    """Branches on the same x, merged: "sum" y = sum_k f_k(x), each branch gets dy;
+    "concat" y = [f_1(x), ..., f_K(x)] on the last axis, branch k gets its slice of dy.
+    dx = sum_k dx_k (x fans out). params and state: tuples, branch k at path (k,).
+    Residuals: (each branch's residuals, zero-size carriers of each branch's width)."""
+
+    branches: tuple
+    merge: str = "sum"
+
+    def __post_init__(self):
+        if self.merge not in ("sum", "concat"):
+            raise ValueError(f"Parallel: merge must be 'sum' or 'concat', got {self.merge!r}")
+        if not self.branches:
+            raise ValueError("Parallel: needs at least one branch")
+
+    def __repr__(self):
+        return f"Parallel({', '.join(map(repr, self.branches))}, merge={self.merge!r})"
+
+    def sublayers(self):
+        return tuple(((k,), branch) for k, branch in enumerate(self.branches))
+
+    def with_sublayers(self, layers):
+        return Parallel(tuple(layers), self.merge)
+
+    def init(self, key, input_shape):
+        shapes, params = [], []
+        for k, (branch, bk) in enumerate(
+            zip(self.branches, jax.random.split(key, len(self.branches)))
+        ):
+            with _Blame((k,), branch):
+                shape, p = branch.init(bk, tuple(input_shape))
+            shapes.append(tuple(shape))
+            params.append(p)
+        return self._merged_shape(shapes, ()), tuple(params)
+
+    def init_state(self, params):
+        _check_params(self, params, len(self.branches))
+        return tuple(init_state(b, p) for b, p in zip(self.branches, params))
+
+    def walk_forward(self, params, state, x, key, path, sweep):
+        n = len(self.branches)
+        _check_params(self, params, n, path)
+        states = (None,) * n if state is None else state
+        _check_params(self, states, n, path, what="states")
+        ys, residuals, new_states = [], [], []
+        for k, (branch, p, s) in enumerate(zip(self.branches, params, states)):
+            y, r, s = sweep_forward(branch, p, s, x, _child_key(key, k), path + (k,), sweep)
+            ys.append(y)
+            residuals.append(r)
+            new_states.append(s)
+        self._merged_shape([y.shape for y in ys], path)
+        widths = tuple(jnp.zeros((y.shape[-1], 0), y.dtype) for y in ys)
+        y = sum(ys[1:], ys[0]) if self.merge == "sum" else jnp.concatenate(ys, axis=-1)
+        return y, (tuple(residuals), widths), None if state is None else tuple(new_states)
+
+    def walk_backward(self, params, residuals, dy, path, sweep):
+        branch_residuals, widths = residuals
+        if self.merge == "sum":
+            dys = [dy] * len(self.branches)
+        else:
+            ends = [0]
+            for w in widths:
+                ends.append(ends[-1] + w.shape[0])
+            dys = [dy[..., a:b] for a, b in zip(ends[:-1], ends[1:])]
+        dparams, dx = [], None
+        for k, (branch, p, r, d) in enumerate(zip(self.branches, params, branch_residuals, dys)):
+            dp, dxk = sweep_backward(branch, p, r, d, path + (k,), sweep)
+            dparams.append(dp)
+            dx = dxk if dx is None else dx + dxk
+        return tuple(dparams), dx
+
+    def _merged_shape(self, shapes, path):
+        """The merged output shape; branches whose outputs cannot be merged raise."""
+        shapes = [tuple(s) for s in shapes]
+        same = shapes if self.merge == "sum" else [s[:-1] for s in shapes]
+        if any(s != same[0] for s in same):
+            need = "equal shapes" if self.merge == "sum" else "equal shapes but for the last axis"
+            where = f"layer {_path_str(path)} " if path else ""
+            raise ValueError(
+                f"{where}Parallel(merge={self.merge!r}) needs {need}; branches give "
+                f"{', '.join(map(str, shapes))}"
+            )
+        if self.merge == "sum":
+            return shapes[0]
+        return (*shapes[0][:-1], sum(s[-1] for s in shapes))
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks and error messages
+
+
+def _path_str(path: Path) -> str:
+    return "".join(f"[{i}]" for i in path) or "[]"
+
+
+class _Blame:
+    """Prefix a ValueError/TypeError raised inside a layer with its path: 'layer [3][0] Dense(...)'.
+
+    An error already prefixed by a deeper level keeps its own, longer path; a layer's own
+    message, which starts with its repr, is not repeated; the model itself (path ()) adds nothing.
+    """
+
+    def __init__(self, path: Path, layer: Any):
+        self.path, self.name = path, repr(layer)
 
     def __enter__(self):
         return self
 
     def __exit__(self, kind, error, tb):
-        if kind in (ValueError, TypeError) and not str(error).startswith("layer ["):
-            raise kind(f"{self.prefix}: {error}") from error
+        message = str(error)
+        if kind in (ValueError, TypeError) and self.path and not message.startswith("layer ["):
+            own = message.startswith(self.name)
+            prefix = f"layer {_path_str(self.path)} " + ("" if own else f"{self.name}: ")
+            raise kind(prefix + message) from error
         return False
 
 
-def _check_params(model: Serial, params: Params) -> None:
-    if not isinstance(params, (tuple, list)) or len(params) != len(model.layers):
+def _check_params(model: Any, params: Any, n: int, path: Path = (), what: str = "params") -> None:
+    if not isinstance(params, (tuple, list)) or len(params) != n:
         got = (
             f"{type(params).__name__} of length {len(params)}"
             if hasattr(params, "__len__")
             else type(params).__name__
         )
-        raise ValueError(
-            f"serial of {len(model.layers)} layers needs a tuple of {len(model.layers)} params, "
-            f"got {got}"
-        )
+        kind = "serial" if isinstance(model, Serial) else type(model).__name__
+        where = f"layer {_path_str(path)} " if path else ""
+        raise ValueError(f"{where}{kind} of {n} layers needs a tuple of {n} {what}, got {got}")
 
 
-def serial(*layers: Any) -> Serial:
-    """Compose layers in sequence; params is the tuple of each layer's params, in order."""
+def _check_layers(name: str, layers: tuple) -> None:
     for i, layer in enumerate(layers):
         missing = [
             m for m in ("init", "forward", "backward") if not callable(getattr(layer, m, None))
         ]
         if missing:
             raise TypeError(
-                f"serial: argument {i} ({layer!r}) is not a layer: no {', '.join(missing)}"
+                f"{name}: argument {i} ({layer!r}) is not a layer: no {', '.join(missing)}"
             )
-    return Serial(tuple(layers))

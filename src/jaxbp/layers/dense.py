@@ -17,9 +17,9 @@ from jaxbp.layers._base import Layer, _check_input
 class Dense(Layer):
     """Affine map y = x @ W + b; dW = x^T dy, db = sum_batch dy, dx = dy W^T.
 
+    x: (batch, ..., in) -> y: (batch, ..., features); every leading axis is a batch axis for the
+    sums in dW and db. Residual: x. W starts LeCun-normal (variance 1/in), b at zero.
     (weight_grad computes x^T dy in the layout that is fastest on the platform.)
-
-    x: (batch, in) -> y: (batch, features). W starts LeCun-normal (variance 1/in), b at zero.
     """
 
     features: int
@@ -31,15 +31,42 @@ class Dense(Layer):
             raise ValueError(f"Dense: features must be positive, got {self.features}")
 
     def init(self, key: PRNGKey, input_shape: Shape) -> tuple[Shape, Params]:
-        if len(input_shape) != 1:
-            raise ValueError(f"{self!r}: input shape must be (in,), got {tuple(input_shape)}")
-        (fan_in,) = input_shape
+        if len(input_shape) < 1:
+            raise ValueError(f"{self!r}: input shape must be (..., in), got {tuple(input_shape)}")
+        fan_in = input_shape[-1]
         W = jax.random.normal(key, (fan_in, self.features)) / math.sqrt(fan_in)
-        return (self.features,), {"W": W, "b": jnp.zeros((self.features,))}
+        return (*input_shape[:-1], self.features), {"W": W, "b": jnp.zeros((self.features,))}
 
     def forward(self, params, x, *, key=None):
-        _check_input(self, x, params["W"].shape[:1])
+        _check_dense(self, params, x)
         return x @ params["W"] + params["b"], x
 
     def backward(self, params, x, dy):
+        if x.ndim > 2:  # (batch, ..., in): the sums run over every leading axis
+            x, dy_2d = x.reshape(-1, x.shape[-1]), dy.reshape(-1, dy.shape[-1])
+            return {"W": weight_grad(x, dy_2d), "b": dy_2d.sum(0)}, dy @ params["W"].T
         return {"W": weight_grad(x, dy), "b": dy.sum(0)}, dy @ params["W"].T
+
+
+def _check_dense(layer: Dense, params, x) -> None:
+    W, b = (params.get(k) if isinstance(params, dict) else None for k in ("W", "b"))
+    shapes = {k: getattr(v, "shape", None) for k, v in (("W", W), ("b", b))}
+    if (
+        not isinstance(params, dict)
+        or set(params) != {"W", "b"}
+        or shapes["W"] is None
+        or len(shapes["W"]) != 2
+        or shapes["b"] != (shapes["W"][1],)
+    ):
+        got = (
+            {k: getattr(v, "shape", type(v).__name__) for k, v in params.items()}
+            if isinstance(params, dict)
+            else type(params).__name__
+        )
+        raise ValueError(f"{layer!r}: params must be {{'W': (in, out), 'b': (out,)}}, got {got}")
+    _check_input(layer, x)
+    if x.shape[-1] != shapes["W"][0]:
+        raise ValueError(
+            f"{layer!r}: expects inputs of shape (batch, ..., {shapes['W'][0]}), "
+            f"got {tuple(x.shape)}"
+        )
