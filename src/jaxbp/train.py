@@ -5,14 +5,19 @@ full batches; the n mod batch_size examples left over sit out that epoch only (a
 epoch), so every step has the same shape and nothing recompiles. A batch_size larger than the data
 is lowered to the data's size.
 
-Data parallel: with several devices (all local devices by default), each batch is split over a
-one-axis mesh ("batch"), parameters are replicated, and XLA inserts the gradient all-reduce. For
-multi-host runs call `jax.distributed.initialize()` first on every host and pass
-`devices=jax.devices()`; each host must hold the whole dataset.
+Data parallel: with several devices (all of them by default), each batch is split over a
+one-axis mesh ("batch"), parameters are replicated, and XLA inserts the gradient all-reduce.
+Multi-process (multi-host): call `jax.distributed.initialize()` first in every process, then `fit`
+with the same arguments in each; the default devices are then every process's. Each process holds
+the whole dataset and builds its shards of the global arrays from its own copy; fit checks that
+data, parameters, key and resume epoch are the same everywhere, then runs one program. Process 0
+alone writes checkpoints; resuming reads the checkpoint in every process, so its folder must be on
+a filesystem they all see.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -25,11 +30,12 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxbp import checkpoint
+from jaxbp import _multihost, checkpoint
 from jaxbp._progress import Progress
 from jaxbp._shuffle import permutation
 from jaxbp._types import Array, Params, PRNGKey
 from jaxbp.backprop import autodiff, backprop
+from jaxbp.layers.protocol import State, eval_mode, forward_state, init_state, leaves, path_str
 from jaxbp.losses import MSE, BinaryCrossEntropy, SoftmaxCrossEntropy
 
 __all__ = [
@@ -48,9 +54,9 @@ CHECKPOINT_NAME = "checkpoint.npz"
 class TrainingDiverged(RuntimeError):
     """The training loss became NaN or inf; `params` and `history` are the last good ones."""
 
-    def __init__(self, message: str, params: Params, history: dict):
+    def __init__(self, message: str, params: Params, history: dict, state: State = None):
         super().__init__(message)
-        self.params, self.history = params, history
+        self.params, self.history, self.state = params, history, state
 
 
 def fit(
@@ -71,17 +77,27 @@ def fit(
     checkpoint_every: int = 1,
     resume: bool = False,
     on_epoch: Callable[[int, dict], None] | None = None,
-) -> tuple[Params, dict]:
+    state: State = None,
+) -> tuple:
     """Train `params` for `epochs` epochs; returns (params, history).
+
+    state: a model that keeps state (BatchNorm's running statistics) trains with
+    state=init_state(model, params), and fit then returns (params, state, history); evaluation
+    runs eval_mode(model) on that state. Stochastic layers (Dropout) get a key per step.
 
     train_data: (x: (n, ...), y: (n, ...)). grad: "backprop", "autodiff", or any function with
     backprop's signature (e.g. a feedback-alignment engine). history["loss"][e] is the mean training
     loss of epoch e; with eval_data, "eval_loss" and (for classification) "eval_accuracy" too.
     checkpoint_dir: save params, optimizer state and history every `checkpoint_every` epochs and at
     the end; with resume=True, continue from the checkpoint found there. The same key gives the same
-    bits, resumed or not. progress: None shows a bar when stderr is a terminal.
+    bits, resumed or not. progress: None shows a bar when stderr is a terminal. devices: default
+    jax.devices(), every process's after jax.distributed.initialize(); when they span processes,
+    only process 0 writes the checkpoint and every process returns the same params and history.
     """
     engine = _engine(grad)
+    stateful = state is not None
+    if not stateful:
+        _refuse_hidden_state(model, params)
     x, y = _validate_data("train_data", train_data, model, params)
     if eval_data is not None:
         _validate_data("eval_data", eval_data, model, params)
@@ -92,33 +108,44 @@ def fit(
     history, start = _empty_history(eval_data), 0
     path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
     if resume and path is not None and path.exists():
-        params, opt_state, history, start = _restore(path, params, opt_state, key)
+        params, state, opt_state, history, start = _restore(path, params, state, opt_state, key)
+    shared = _multihost.spans_processes(mesh)
+    if shared:
+        _check_processes_agree(start, (x, y), eval_data, (params, state), opt_state, key)
     steps = len(x) // batch_size
-    run_epoch = make_epoch(
-        model, loss, optimizer, engine, batch_size=batch_size, steps=steps, mesh=mesh
-    )
+    run_epoch = _epoch_with_state(
+        model, loss, optimizer, engine, batch_size=batch_size, steps=steps, mesh=mesh,
+        stateful=stateful,
+    )  # fmt: skip
     run_eval = _compile_eval(model, loss, _accuracy_kind(loss, eval_data))
-    params, opt_state, x, y = _place(mesh, params, opt_state, x, y)
-    # Placed once, not copied to the device again every epoch.
-    eval_arrays = None if eval_data is None else jax.device_put(tuple(map(jnp.asarray, eval_data)))
+    (params, state), opt_state, x, y = _place(mesh, (params, state), opt_state, x, y)
+    eval_arrays = _place_eval(mesh, eval_data)
     bar = Progress(epochs, enabled=progress)
     try:
         for epoch in range(start, epochs):
             t0 = time.perf_counter()
-            new_params, new_opt_state, mean_loss = run_epoch(
-                params, opt_state, x, y, jax.random.fold_in(key, epoch)
+            new_params, new_state, new_opt_state, mean_loss = run_epoch(
+                params, state, opt_state, x, y, jax.random.fold_in(key, epoch)
             )
             metrics = {"loss": float(mean_loss)}
             if not math.isfinite(metrics["loss"]):
-                raise _diverged(epoch, metrics["loss"], params, history, path)
-            params, opt_state = new_params, new_opt_state
+                if path is not None and history["loss"]:  # the message names this file
+                    save = functools.partial(
+                        _save, path, params, opt_state, history, key, epoch, state
+                    )
+                    _multihost.run_once(save, shared=shared)
+                raise _diverged(epoch, metrics["loss"], params, history, path, state)
+            params, state, opt_state = new_params, new_state, new_opt_state
             if eval_data is not None:
-                metrics |= _evaluate(run_eval, params, eval_arrays)
+                metrics |= _evaluate(run_eval, params, state, eval_arrays)
             metrics["epoch_time"] = time.perf_counter() - t0
             for name, value in metrics.items():
                 history[name].append(value)
             if path is not None and ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs):
-                _save(path, params, opt_state, history, key, epoch + 1)
+                save = functools.partial(
+                    _save, path, params, opt_state, history, key, epoch + 1, state
+                )
+                _multihost.run_once(save, shared=shared)
             if on_epoch is not None:
                 on_epoch(epoch + 1, metrics)
             bar.update(
@@ -127,7 +154,7 @@ def fit(
             )
     finally:
         bar.close()
-    return params, history
+    return (params, state, history) if stateful else (params, history)
 
 
 def make_step(
@@ -147,9 +174,9 @@ def make_step(
     return jax.jit(step, donate_argnums=(0, 1))
 
 
-def _evaluate(run_eval: Callable, params: Params, data: tuple[Array, Array]) -> dict[str, float]:
+def _evaluate(run_eval: Callable, params: Params, state, data: tuple[Array, Array]) -> dict:
     """Eval loss (and accuracy when the task has one) of params on data, as plain floats."""
-    value, accuracy = run_eval(params, *data)
+    value, accuracy = run_eval(params, state, *data)
     out = {"eval_loss": float(value)}
     if accuracy is not None:
         out["eval_accuracy"] = float(accuracy)
@@ -169,38 +196,68 @@ def make_epoch(
     batch_size: int,
     steps: int,
     mesh: Mesh | None = None,
+    stateful: bool = False,
 ) -> Callable:
-    """A whole epoch, jitted: (params, opt_state, x, y, key) -> (params, opt_state, mean loss).
+    """A whole epoch, jitted: (params, opt_state, x, y, key) -> (params, opt_state, mean loss);
+    with stateful=True, (params, state, opt_state, x, y, key) -> (params, state, opt_state, loss).
 
     It shuffles x: (n, ...) and y with key, then scans `steps` optimizer steps of `batch_size`.
     """
+    epoch = _epoch_with_state(
+        model, loss, optimizer, grad, batch_size=batch_size, steps=steps, mesh=mesh,
+        stateful=stateful,
+    )  # fmt: skip
+    if stateful:
+        return epoch
+
+    def stateless(params, opt_state, x, y, key):
+        params, _, opt_state, value = epoch(params, (), opt_state, x, y, key)
+        return params, opt_state, value
+
+    return stateless
+
+
+def _epoch_with_state(
+    model, loss, optimizer, grad, *, batch_size, steps, mesh, stateful
+) -> Callable:
+    """make_epoch's program, state carried beside params (() for a stateless model)."""
     engine = _engine(grad)
     batch = None if mesh is None else NamedSharding(mesh, PartitionSpec("batch"))
 
-    def epoch(params, opt_state, x, y, key):
+    def epoch(params, state, opt_state, x, y, key):
         shuffle_key, step_key = jax.random.split(key)
         order = permutation(shuffle_key, len(x))[: steps * batch_size]
 
         def step(carry, inputs):
-            params, opt_state = carry
+            params, state, opt_state = carry
             i, idx = inputs
             xb, yb = x[idx], y[idx]
             if batch is not None:  # split the batch over devices; XLA all-reduces the gradient
                 xb, yb = jax.lax.with_sharding_constraint((xb, yb), batch)
-            value, grads = engine(model, loss, params, xb, yb, key=jax.random.fold_in(step_key, i))
+            k = jax.random.fold_in(step_key, i)
+            if stateful:
+                value, grads, state = engine(model, loss, params, xb, yb, key=k, state=state)
+            else:
+                value, grads = engine(model, loss, params, xb, yb, key=k)
             updates, opt_state = optimizer.update(grads, opt_state, params)
-            return (optax.apply_updates(params, updates), opt_state), value
+            return (optax.apply_updates(params, updates), state, opt_state), value
 
         indices = (jnp.arange(steps), order.reshape(steps, batch_size))
-        (params, opt_state), values = jax.lax.scan(step, (params, opt_state), indices)
-        return params, opt_state, values.mean()
+        carry, values = jax.lax.scan(step, (params, state, opt_state), indices)
+        return (*carry, values.mean())
 
     return jax.jit(epoch)
 
 
 def _compile_eval(model, loss, accuracy_kind: str | None) -> Callable:
-    def run(params, x, y):
-        y_pred = model.apply(params, x)
+    """Evaluation runs the model in evaluation mode (Dropout off, BatchNorm's running stats)."""
+    model = eval_mode(model)
+
+    def run(params, state, x, y):
+        if state is None:
+            y_pred = model.apply(params, x)
+        else:
+            y_pred = forward_state(model, params, state, x)[0]
         return loss.apply(y_pred, y), _accuracy(accuracy_kind, y_pred, y)
 
     return jax.jit(run)
@@ -272,11 +329,20 @@ def _validate_data(name: str, data, model, params) -> tuple[Array, Array]:
         if np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).all():
             bad = int((~np.isfinite(values)).sum())
             raise ValueError(f"{name}: {part} has {bad} NaN or inf value(s)")
+    first = next(leaves(model))[1]
+    if np.issubdtype(np.asarray(x).dtype, np.integer) and hasattr(first, "check_ids"):
+        try:  # the values are known here: out-of-range ids are an error, not NaN rows later
+            first.check_ids(np.asarray(x))
+        except ValueError as error:
+            raise ValueError(f"{name}: x: {error}") from None
+    # In evaluation mode with its initial state, so Dropout needs no key and BatchNorm its stats.
     out = jax.eval_shape(
-        lambda p, x: model.apply(p, x), params, jax.ShapeDtypeStruct(x.shape, x.dtype)
+        lambda p, x: forward_state(eval_mode(model), p, init_state(model, p), x)[0],
+        params,
+        jax.ShapeDtypeStruct(x.shape, x.dtype),
     )
-    if np.issubdtype(np.asarray(y).dtype, np.integer) and len(out.shape) == 2:
-        low, high, k = int(np.min(y)), int(np.max(y)), out.shape[1]
+    if np.issubdtype(np.asarray(y).dtype, np.integer) and out.shape[:-1] == y.shape:
+        low, high, k = int(np.min(y)), int(np.max(y)), out.shape[-1]
         if low < 0 or high >= k:
             raise ValueError(
                 f"{name}: labels span [{low}, {high}] but the model has {k} outputs "
@@ -285,8 +351,20 @@ def _validate_data(name: str, data, model, params) -> tuple[Array, Array]:
     return x, y
 
 
+def _refuse_hidden_state(model, params) -> None:
+    """A model that keeps state must be given it: fit would otherwise drop its updates."""
+    state = jax.eval_shape(lambda p: init_state(model, p), params)
+    if jax.tree.leaves(state):
+        where = [path_str(p) for p, layer in leaves(model) if hasattr(layer, "init_state")]
+        raise ValueError(
+            f"the model keeps state (layer {', '.join(where)}): pass "
+            "state=jaxbp.layers.init_state(model, params) to fit, which then returns "
+            "(params, state, history)"
+        )
+
+
 def _mesh(devices, batch_size: int) -> Mesh | None:
-    devices = list(jax.local_devices() if devices is None else devices)
+    devices = list(jax.devices() if devices is None else devices)
     if not devices:
         raise ValueError("devices is empty")
     if len(devices) == 1:
@@ -302,7 +380,40 @@ def _place(mesh, params, opt_state, x, y):
     if mesh is None:
         return params, opt_state, jnp.asarray(x), jnp.asarray(y)
     replicated = NamedSharding(mesh, PartitionSpec())
+    if _multihost.spans_processes(mesh):  # device_put would all-gather the data to compare it
+        return _multihost.replicate((params, opt_state, x, y), replicated)
     return jax.device_put((params, opt_state, jnp.asarray(x), jnp.asarray(y)), replicated)
+
+
+def _place_eval(mesh, eval_data):
+    """Placed once, not copied to the device again every epoch."""
+    if eval_data is None:
+        return None
+    if _multihost.spans_processes(mesh):
+        return _multihost.replicate(tuple(eval_data), NamedSharding(mesh, PartitionSpec()))
+    return jax.device_put(tuple(map(jnp.asarray, eval_data)))
+
+
+def _check_processes_agree(start, train_data, eval_data, params, opt_state, key) -> None:
+    """Every process must bring the same inputs, or the replicas would silently mix them."""
+    data = "each process must hold the whole dataset, identical"
+    _multihost.check_same(
+        [
+            (
+                "the epoch to resume from",
+                np.int32(start),
+                "resuming needs the checkpoint folder on a filesystem every process reads",
+            ),
+            ("train_data", train_data, data),
+            ("eval_data", eval_data, data),
+            ("key", jax.random.key_data(key), "pass the same key in every process"),
+            (
+                "params or optimizer state",
+                (params, opt_state),
+                "start every process from the same values (same init key, same checkpoint)",
+            ),
+        ]
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -314,30 +425,40 @@ def _empty_history(eval_data) -> dict[str, list]:
     return {name: [] for name in names}
 
 
-def _save(path: Path, params, opt_state, history, key, epoch: int) -> None:
+def _save(path: Path, params, opt_state, history, key, epoch: int, state=None) -> None:
     metadata = {
         "epoch": epoch,
         "history": history,
         "key": np.asarray(jax.random.key_data(key)).tolist(),
     }
-    checkpoint.save(path, {"params": params, "opt_state": opt_state}, metadata=metadata)
+    tree = {"params": params, "opt_state": opt_state}
+    checkpoint.save(path, tree | ({} if state is None else {"state": state}), metadata=metadata)
 
 
-def _restore(path: Path, params, opt_state, key):
-    state, metadata = checkpoint.load(path, like={"params": params, "opt_state": opt_state})
+def _restore(path: Path, params, state, opt_state, key):
+    like = {"params": params, "opt_state": opt_state} | ({} if state is None else {"state": state})
+    saved, metadata = checkpoint.load(path, like=like)
     if metadata.get("key") != np.asarray(jax.random.key_data(key)).tolist():
         raise ValueError(
             f"{path} was written by a run with a different key; resume with the same seed"
         )
     history = {name: list(values) for name, values in metadata["history"].items()}
-    return state["params"], state["opt_state"], history, int(metadata["epoch"])
+    return (
+        saved["params"], saved.get("state"), saved["opt_state"], history, int(metadata["epoch"])
+    )  # fmt: skip
 
 
-def _diverged(epoch, value, params, history, path) -> TrainingDiverged:
+def _diverged(epoch, value, params, history, path, state=None) -> TrainingDiverged:
+    """Epoch `epoch` (0-based) had a NaN/inf loss; fit has saved the last good one to `path`."""
     done = len(history["loss"])
-    where = f"; the last checkpoint is {path}" if path is not None and path.exists() else ""
+    if not done:
+        kept = "no epoch had finished, so there are no parameters to keep"
+    elif path is None:
+        kept = f"kept the parameters of epoch {done} (TrainingDiverged.params)"
+    else:
+        kept = f"kept the parameters of epoch {done} in {path}"
     message = (
-        f"training loss became {value} in epoch {epoch + 1}; stopped and kept the parameters "
-        f"of epoch {done}{where} (try a lower learning rate)"
+        f"training loss became {value} in epoch {epoch + 1}; stopped: {kept} "
+        "(try a lower learning rate)"
     )
-    return TrainingDiverged(message, params, history)
+    return TrainingDiverged(message, params, history, state)
