@@ -109,10 +109,12 @@ class BinaryCrossEntropy(Loss):
 
 @dataclasses.dataclass(frozen=True)
 class SoftmaxCrossEntropy(Loss):
-    """Softmax cross-entropy on logits z: (m, k).
+    """Softmax cross-entropy on logits z: (m, ..., k), over the last axis.
 
-    Labels as integer classes (m,): L_i = -log p_i[y_i], dC/dz = (p - onehot(y))/m;
-    as probability rows (m, k): L_i = -sum_j y_ij log p_ij, dC/dz = (p sum_j y_ij - y)/m.
+    Labels as integer classes (m, ...): L_i = -log p_i[y_i], dC/dz = (p - onehot(y))/N;
+    as probability rows (m, ..., k): L_i = -sum_j y_ij log p_ij, dC/dz = (p sum_j y_ij - y)/N.
+    C is the mean over every position, N = m times the middle axes' sizes (a sequence model's
+    C is the mean over batch and time); for (m, k) logits, N = m.
     """
 
     def __repr__(self):
@@ -127,43 +129,43 @@ class SoftmaxCrossEntropy(Loss):
         else:
             target = y.astype(z.dtype)
             mass = jnp.sum(target, axis=-1, keepdims=True)
-        value = -jnp.sum(target * logp) / z.shape[0]
+        value = -jnp.sum(target * logp) / _positions(z)
         return value, (jnp.exp(logp), target, mass)
 
     def backward(self, residuals, g=1.0):
         p, target, mass = residuals
         grad = p - target if mass is None else p * mass - target
-        return (g / p.shape[0]) * grad
+        return (g / _positions(p)) * grad
 
     def _check(self, z, y):
         _check_pred(self, z)
-        if z.ndim != 2:
+        if z.ndim < 2:
             raise ValueError(
-                f"{self!r}: logits must have shape (batch, classes), got {tuple(z.shape)}"
+                f"{self!r}: logits must have shape (batch, ..., classes), got {tuple(z.shape)}"
             )
         if not hasattr(y, "dtype"):
             raise TypeError(f"{self!r}: labels must be an array, got {type(y).__name__}")
         if jnp.issubdtype(y.dtype, jnp.integer):
-            if tuple(y.shape) != z.shape[:1]:
+            if tuple(y.shape) != z.shape[:-1]:
                 raise ValueError(
-                    f"{self!r}: integer labels must have shape {z.shape[:1]} for logits "
+                    f"{self!r}: integer labels must have shape {z.shape[:-1]} for logits "
                     f"{tuple(z.shape)}, got {tuple(y.shape)}"
                 )
             values = _concrete(y)
             if (
                 values is not None
                 and values.size
-                and (values.min() < 0 or values.max() >= z.shape[1])
+                and (values.min() < 0 or values.max() >= z.shape[-1])
             ):
                 raise ValueError(
-                    f"{self!r}: labels must lie in [0, {z.shape[1] - 1}] for {z.shape[1]} classes, "
-                    f"got [{values.min()}, {values.max()}]"
+                    f"{self!r}: labels must lie in [0, {z.shape[-1] - 1}] for {z.shape[-1]} "
+                    f"classes, got [{values.min()}, {values.max()}]"
                 )
         elif jnp.issubdtype(y.dtype, jnp.floating):
             if tuple(y.shape) != tuple(z.shape):
                 hint = (
                     " (float labels of shape (m,)? class labels must be integers)"
-                    if y.ndim == 1
+                    if y.ndim == z.ndim - 1
                     else ""
                 )
                 raise ValueError(
@@ -174,6 +176,11 @@ class SoftmaxCrossEntropy(Loss):
             raise TypeError(
                 f"{self!r}: labels must be integers or float probability rows, got {y.dtype}"
             )
+
+
+def _positions(z: Array) -> int:
+    """How many predictions the mean runs over: every axis but the last (classes)."""
+    return z.size // z.shape[-1]
 
 
 mse = MSE()
