@@ -3,9 +3,16 @@
 backprop is a pure function, so vmap over a batch of one-example calls gives every example's own
 gradient in one compiled program. This script trains a digits MLP briefly (`jaxbp.train.fit`),
 then, on test batches of several sizes: checks that vmap and a loop of jitted one-example calls
-give the same numbers (and that both match vmap of jax.grad), times both (interleaved, after
-warm-up, median of several repetitions), and compares the per-example gradient norms of the
-correctly classified and the misclassified test digits.
+give the same numbers to float32 rounding (and that both match vmap of jax.grad), times both
+(interleaved, after warm-up, median of several repetitions), and compares the per-example
+gradient norms of the correctly classified and the misclassified test digits.
+
+vmap and the loop are different programs: vmap batches each matrix product over the examples,
+and XLA may sum a batched product in another order than a single one (it does with AVX-512), so
+the two agree to float32 rounding, not bit for bit. The difference is measured against the
+gradient's scale, the largest per-example gradient norm in the batch (an example the net gets
+wrong, whose p - onehot does not cancel): a confidently right example's gradient is p - onehot
+with p ~ 1, known only to float32's absolute resolution, so its own tiny norm is not the scale.
 
 Usage:
     python experiments/per_example_gradients.py \\
@@ -37,6 +44,9 @@ BATCH_SIZES = (32, 128, 512)  # timed on the first rows of the training set
 QUICK_BATCH_SIZES = (32, 128)  # two sizes: enough to see the trend
 REPEATS, QUICK_REPEATS = 7, 3  # timed repetitions per method and size; the median is reported
 SEED = 0  # params init and fit's shuffling
+# float32 rounding (eps 1.2e-7) of sums of up to 128 products, in another order: ~1e-6 of the
+# gradient's scale at most; 1e-5 leaves a factor 10. A wrong example or term is off by O(1).
+AGREEMENT_BOUND = 1e-5
 
 
 def engines(model):
@@ -68,12 +78,20 @@ def stacked(grads: list):
 
 
 def differences(grads, reference) -> dict:
-    """Largest absolute difference, and largest per-example relative difference, over leaves."""
+    """Largest absolute difference; largest per-example difference ||g_i - r_i|| relative to the
+    gradient's scale max_j ||r_j|| (the measure held to AGREEMENT_BOUND) and, for information,
+    to the example's own norm ||r_i||, which float32 cannot resolve for tiny gradients."""
     pairs = list(zip(jax.tree.leaves(grads), jax.tree.leaves(reference)))
     abs_diff = max(float(np.max(np.abs(np.asarray(g) - np.asarray(r)))) for g, r in pairs)
     diff = per_example_norms([np.asarray(g) - np.asarray(r) for g, r in pairs])
-    rel_diff = float(np.max(diff / per_example_norms(reference)))
-    return {"max_abs_diff": abs_diff, "max_rel_diff": rel_diff}
+    norms = per_example_norms(reference)
+    over_scale = float(np.max(diff) / np.max(norms))
+    return {
+        "max_abs_diff": abs_diff,
+        "max_diff_over_scale": over_scale,
+        "within_bound": over_scale <= AGREEMENT_BOUND,
+        "max_rel_diff_own_norm": float(np.max(diff / norms)),
+    }
 
 
 def per_example_norms(grads) -> np.ndarray:
@@ -176,14 +194,19 @@ def main() -> None:
     model = jaxbp.mlp([HIDDEN, 10], ACTIVATION)
     params, train_loss = train(model, train_set, epochs)
     engines_ = engines(model)
-    config = {"hidden": HIDDEN, "activation": ACTIVATION, "epochs": epochs, "repeats": repeats}
+    config = {"hidden": HIDDEN, "activation": ACTIVATION, "epochs": epochs, "repeats": repeats,
+              "agreement_bound": AGREEMENT_BOUND}  # fmt: skip
     results = {"config": config, "train_loss": train_loss}
     results |= examine(model, engines_, params, test_set, args.out)
     x, y = train_set
     results["timing"] = {str(b): time_all(engines_, params, x[:b], y[:b], repeats) for b in sizes}
     write_json(args.out, "results.json", results)
     plot_timing(results["timing"], args.out)
-    print(f"test accuracy {results['test_accuracy']:.3f}; vmap vs loop {results['vmap_vs_loop']}")
+    agree = results["vmap_vs_loop"]
+    print(
+        f"test accuracy {results['test_accuracy']:.3f}; vmap vs loop: largest difference "
+        f"{agree['max_diff_over_scale']:.1e} of the gradient's scale (bound {AGREEMENT_BOUND:.0e})"
+    )
     for b, t in results["timing"].items():
         vmap_ms, loop_ms = t["vmap_median_s"] * 1e3, t["loop_median_s"] * 1e3
         print(

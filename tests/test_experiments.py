@@ -84,11 +84,17 @@ def check_gradient_precision(r: dict) -> None:
 
 
 def check_per_example_gradients(r: dict) -> None:
-    assert r["vmap_vs_loop"]["max_rel_diff"] < 1e-5
-    assert r["vmap_vs_vmap_jax_grad"]["max_rel_diff"] < 1e-4
+    # vmap and the loop (and vmap of jax.grad) are different programs: float32 rounding in
+    # another order, ~1e-6 of the gradient's scale (the largest per-example norm) at most; not
+    # bit-identical (AVX-512 sums a batched product in another order), nor relative to a tiny
+    # gradient's own norm (p - onehot with p ~ 1 is known only to float32's absolute resolution).
+    for name in ("vmap_vs_loop", "vmap_vs_vmap_jax_grad"):
+        assert r[name]["max_diff_over_scale"] <= 1e-5, (name, r[name])
+        assert r[name]["within_bound"] is True and r["config"]["agreement_bound"] == 1e-5
     assert r["test_accuracy"] > 0.5
     norms = r["norms"]
     assert norms["correct_count"] + norms["misclassified_count"] == 360
+    assert list(r["timing"]) == ["32", "128"]  # --quick's batch sizes, each timed
     for timing in r["timing"].values():
         assert finite(timing["vmap_median_s"], timing["loop_median_s"], timing["speedup"])
         assert timing["vmap_median_s"] > 0 and timing["loop_median_s"] > 0

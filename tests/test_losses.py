@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import assert_trees_close
+from conftest import assert_trees_close, np_loss
 
 from jaxbp import losses
 
@@ -38,10 +38,15 @@ def test_backward_matches_jax_grad_float64(case, g, key, x64):
     y_pred = 3 * jax.random.normal(k1, (7, 4), jnp.float64)
     y = _targets(case, k2, (7, 4), jnp.float64)
     value, residuals = loss.forward(y_pred, y)
-    ref_value, ref_grad = jax.value_and_grad(loss.apply)(y_pred, y)
-    # Exact formulas on both sides in float64: only rounding order differs.
-    assert_trees_close(value, ref_value, rtol=1e-14, what="value")
+    ref_grad = jax.grad(loss.apply)(y_pred, y)
+    truth, truth_grad = np_loss(case.split("/")[0], y_pred, y)
+    # Exact formulas on every side in float64: only rounding order (and SciPy's own exp/log)
+    # differ, ~1e-16 per operation over the 28 terms of a (7, 4) batch.
+    assert abs(float(value) - truth) <= 1e-13 * abs(truth), (float(value), truth)
     assert_trees_close(loss.backward(residuals, g), g * ref_grad, rtol=1e-12, what="dy_pred")
+    assert_trees_close(
+        loss.backward(residuals, g), jnp.asarray(g * truth_grad), rtol=1e-12, what="vs NumPy"
+    )
 
 
 def test_mse_is_the_seeds_cost():
@@ -63,27 +68,57 @@ def test_cross_entropies_match_optax():
     np.testing.assert_allclose(losses.binary_cross_entropy.apply(z, t), expected, rtol=1e-6)
 
 
-def test_extreme_logits_float32_stay_finite():
-    z = jnp.array([[1e4, -1e4, 0.0], [-1e4, 1e4, 1e4], [1e4, 1e4, 1e4]], jnp.float32)
-    cases = [
-        (losses.softmax_cross_entropy, jnp.array([1, 0, 2])),
-        (losses.softmax_cross_entropy, jnp.full((3, 3), 1 / 3, jnp.float32)),
-        (
-            losses.binary_cross_entropy,
-            jnp.array([[1.0, 1.0, 0.0], [0.0, 0.0, 1.0], [1.0, 0.5, 0.0]]),
-        ),
-        (losses.mse, jnp.zeros((3, 3))),
-    ]
-    for loss, y in cases:
-        value, residuals = loss.forward(z, y)
-        grad = loss.backward(residuals)
-        assert jnp.isfinite(value) and jnp.all(jnp.isfinite(grad)), loss
-        ref_value, ref_grad = jax.value_and_grad(loss.apply)(z, y)
-        # float32 at |z| = 1e4: the value is ~1e4, so rtol 1e-6 is a few ulps.
-        np.testing.assert_allclose(value, ref_value, rtol=1e-6)
-        np.testing.assert_allclose(grad, ref_grad, rtol=1e-5, atol=1e-7)
-    # A confidently wrong answer costs ~2e4 per example, not inf.
-    assert float(losses.softmax_cross_entropy.apply(z[:1], jnp.array([1]))) == pytest.approx(2e4)
+EPS32 = float(np.finfo(np.float32).eps)
+# Logits at every scale the README names, with ties, both signs and a confidently wrong row.
+PATTERN = np.array([[1.0, -1.0, 0.0], [-1.0, 1.0, 1.0], [1.0, 1.0, 1.0], [-1.0, -1.0, 0.5]])
+OPTAX = {  # (loss, targets, optax's per-example loss on (logits, targets))
+    "labels": (losses.softmax_cross_entropy, np.array([1, 0, 2, 2]),
+               optax.softmax_cross_entropy_with_integer_labels),
+    "probability rows": (losses.softmax_cross_entropy,
+                         np.array([[1 / 3] * 3, [0.0, 0.5, 0.5], [1, 0, 0], [0.2, 0.3, 0.5]]),
+                         optax.softmax_cross_entropy),
+    "binary": (losses.binary_cross_entropy,
+               np.array([[1.0, 1.0, 0.0], [0.0, 0.0, 1.0], [1.0, 0.5, 0.0], [0.3, 1.0, 0.0]]),
+               lambda z, t: optax.sigmoid_binary_cross_entropy(z, t).sum(-1)),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("scale", [30.0, 1e3, 1e4])
+@pytest.mark.parametrize("case", OPTAX)
+def test_extreme_logits_float32_match_optax_and_the_float64_truth(case, scale):
+    loss, y, per_example = OPTAX[case]
+    z = jnp.asarray(scale * PATTERN, jnp.float32)
+    y = jnp.asarray(y, jnp.float32 if y.dtype.kind == "f" else jnp.int32)
+    value, residuals = loss.forward(z, y)
+    grad = loss.backward(residuals)
+    by_optax = jax.value_and_grad(lambda z: per_example(z, y).mean())(z)
+    truth, truth_grad = np_loss(repr(loss), z, y)
+    # float32: each per-example loss is a few roundings of terms up to k |z| (logsumexp, z y),
+    # so it is good to ~k ulps of the scale; each gradient entry is (p - y) / m with p in
+    # [0, 1] good to a few ulps, so it is good to ~4 eps / m absolutely.
+    value_tol = 8 * EPS32 * PATTERN.shape[1] * (scale + 1)
+    grad_tol = 4 * EPS32 / len(PATTERN)
+    for who, (v, g) in {"jaxbp": (value, grad), "optax": by_optax}.items():
+        assert np.isfinite(v) and np.all(np.isfinite(g)), (who, v, g)
+        assert abs(float(v) - truth) <= value_tol, (who, float(v), truth)
+        np.testing.assert_allclose(g, truth_grad, rtol=0, atol=grad_tol, err_msg=who)
+    assert abs(float(value) - float(by_optax[0])) <= 2 * value_tol
+    np.testing.assert_allclose(grad, by_optax[1], rtol=0, atol=2 * grad_tol)
+
+
+def test_extreme_mse_float32_stays_finite():
+    z = jnp.asarray(1e4 * PATTERN, jnp.float32)
+    value, residuals = losses.mse.forward(z, jnp.zeros_like(z))
+    truth, truth_grad = np_loss("mse", z, np.zeros(z.shape))
+    # A sum of 12 squares up to 1e8, each rounded once: a few ulps of the total.
+    assert abs(float(value) - truth) <= 8 * EPS32 * truth
+    np.testing.assert_allclose(losses.mse.backward(residuals), truth_grad, rtol=2 * EPS32)
+
+
+def test_a_confidently_wrong_answer_costs_its_margin_not_inf():
+    z = jnp.asarray([[1e4, -1e4, 0.0]], jnp.float32)
+    # -log p_1 = logsumexp(z) - z_1 = 1e4 + log(1 + e^-1e4 + e^-2e4) + 1e4 = 2e4 in float32
+    assert float(losses.softmax_cross_entropy.apply(z, jnp.array([1]))) == 2e4
 
 
 @pytest.mark.parametrize("loss", [losses.mse, losses.binary_cross_entropy])
@@ -104,7 +139,7 @@ def test_softmax_cross_entropy_label_kinds():
         losses.softmax_cross_entropy.apply(z, jnp.array([0, 1, 2, 3]))
     with pytest.raises(TypeError, match="integers or float"):
         losses.softmax_cross_entropy.apply(z, jnp.array([True, False, True, True]))
-    with pytest.raises(ValueError, match=r"\(batch, classes\)"):
+    with pytest.raises(ValueError, match=r"\(batch, \.\.\., classes\)"):
         losses.softmax_cross_entropy.apply(jnp.zeros(4), jnp.array([0, 1, 2, 1]))
 
 
@@ -115,3 +150,23 @@ def test_value_errors_for_targets_and_predictions():
         losses.mse.apply(jnp.zeros((2, 1), jnp.int32), jnp.zeros((2, 1)))
     with pytest.raises(ValueError, match="unknown loss 'l2'.*mse"):
         losses.get("l2")
+
+
+def test_softmax_cross_entropy_over_positions_matches_optax_float64(x64):
+    """Logits (batch, T, k), labels (batch, T): C is the mean over every position."""
+    z = jax.random.normal(jax.random.PRNGKey(0), (3, 5, 7), jnp.float64)
+    labels = jax.random.randint(jax.random.PRNGKey(1), (3, 5), 0, 7)
+    rows = jax.nn.softmax(jax.random.normal(jax.random.PRNGKey(2), (3, 5, 7), jnp.float64))
+    for y, reference in (
+        (labels, optax.softmax_cross_entropy_with_integer_labels),
+        (rows, optax.softmax_cross_entropy),
+    ):
+        value, residuals = losses.softmax_cross_entropy.forward(z, y)
+        ref_value, ref_grad = jax.value_and_grad(lambda z, y=y, f=reference: f(z, y).mean())(z)
+        # 1e-12: the same float64 formulas, summed in another order.
+        assert abs(float(value) - float(ref_value)) <= 1e-12 * abs(float(ref_value))
+        np.testing.assert_allclose(
+            losses.softmax_cross_entropy.backward(residuals), ref_grad, rtol=1e-12, atol=1e-15
+        )
+    with pytest.raises(ValueError, match=r"integer labels must have shape \(3, 5\)"):
+        losses.softmax_cross_entropy.apply(z, labels[:, :4])

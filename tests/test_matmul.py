@@ -38,12 +38,14 @@ def test_every_layout_is_x_transpose_dy_float64(branch, key, x64):
 def test_layouts_under_jit_vmap_and_jvp_float32(branch, key):
     x, dy = _operands(key, *SHAPES[branch])
     exact = np.asarray(x, np.float64).T @ np.asarray(dy, np.float64)
-    # float32 sums of up to 256 products of unit normals: ~1e-6 relative in norm
+    # float32 sums of up to 256 products of unit normals, in any order: each entry off by
+    # ~u sqrt(256) = 1e-6 of its terms' size, about its own size: ~1e-6 relative in norm. vmap and
+    # jvp are other programs, which may sum in another order (AVX-512 kernels do): same bound.
     assert_trees_close(jax.jit(weight_grad)(x, dy), jnp.asarray(exact, jnp.float32), rtol=1e-5)
     both = jax.jit(jax.vmap(weight_grad, (0, None)))(jnp.stack([x, 2 * x]), dy)
-    assert_trees_close(both[1], 2 * both[0], rtol=1e-6, what="vmap")
+    assert_trees_close(both[1], 2 * both[0], rtol=1e-5, what="vmap")
     _, tangent = jax.jvp(weight_grad, (x, dy), (x, jnp.zeros_like(dy)))
-    assert_trees_close(tangent, weight_grad(x, dy), rtol=1e-6, what="jvp")
+    assert_trees_close(tangent, weight_grad(x, dy), rtol=1e-5, what="jvp")
 
 
 @pytest.mark.parametrize("branch", ["narrow", "large"])

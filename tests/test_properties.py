@@ -8,6 +8,7 @@ import contextlib
 
 import jax
 import numpy as np
+from conftest import np_forward, np_loss
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -94,11 +95,14 @@ def test_backprop_agrees_with_autodiff(problem):
         both = jax.jit(
             lambda p, x, y: (backprop(model, loss, p, x, y), autodiff(model, loss, p, x, y))
         )
-        (value, grads), (ref_value, ref_grads) = both(params, x, y)
+        (value, grads), (_, ref_grads) = both(params, x, y)
     assert jax.tree.structure(grads) == jax.tree.structure(ref_grads)
     assert all(g.dtype == np.dtype(problem["dtype"]) for g in jax.tree.leaves(grads))
     rtol = RTOL[problem["dtype"]]
-    assert abs(float(value) - float(ref_value)) <= rtol * max(abs(float(ref_value)), 1e-30)
+    # The cost against NumPy/SciPy in float64 from the same inputs; absolute below 1, where a
+    # float32 softplus(z) - y z may cancel to a small value known only to ~eps of its terms.
+    truth = np_loss(repr(loss), np_forward(model, params, x), y)[0]
+    assert abs(float(value) - truth) <= rtol * max(abs(truth), 1.0), (float(value), truth)
     errors = leaf_errors(grads, ref_grads)
     assert max(errors) <= rtol, (problem, errors)
 

@@ -67,6 +67,7 @@ __all__ = [
 
 Key = PRNGKey | int
 TARGETS = ("auto", "normal", "unit", "labels", "probs")
+NUDGE = 0.1  # std of the noise added to layer.init's params: off zero biases and factors of 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -168,7 +169,7 @@ def check_layer(
         if params is None:
             params = layer.init(_jax_key(key), tuple(input_shape))[1]
             params = jax.tree.map(
-                lambda a: np.asarray(a) + 0.1 * rng.standard_normal(a.shape), params
+                lambda a: np.asarray(a) + NUDGE * rng.standard_normal(a.shape), params
             )
         if x is None:
             x = _both_signs(rng, (batch_size, *input_shape))
