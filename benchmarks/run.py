@@ -1,10 +1,14 @@
-"""Run the full benchmark and write benchmarks/results/{results.json,results.md}.
+"""Run the full benchmark: the same as `jaxbp bench`, with the same options.
 
 usage: python benchmarks/run.py [--quick] [--configs seed digits wide deep] [--out DIR]
+                                [--overwrite]
 
-The same as `jaxbp bench`. For a NumPy peer at full speed, run it with OPENBLAS_CORETYPE and
-OPENBLAS_L2_SIZE unset (some machines set them to dodge old OpenBLAS bugs; they slow numpy):
-    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/run.py
+It writes results.json and results.md to --out (default runs/bench, git-ignored) and never
+replaces results already there without --overwrite. To refresh the committed results, ask:
+    python benchmarks/run.py --out benchmarks/results --overwrite
+For a NumPy peer at full speed, run it with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset (some
+machines set them to dodge old OpenBLAS bugs; they slow numpy):
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/run.py --out DIR
 """
 
 import sys

@@ -8,6 +8,7 @@ import json
 import math
 import re
 import time
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -16,11 +17,20 @@ import pytest
 from jaxbp import backprop, bench
 from jaxbp.bench._report import verdict
 from jaxbp.bench._timing import interleaved, median_ci, ratio
-from jaxbp.cli import main
+from jaxbp.cli import build_parser, main
+
+COMMITTED = Path(__file__).parents[1] / "benchmarks" / "results"
 
 
-def test_quick_benchmark_writes_json_and_markdown(tmp_path, capsys):
+def _snapshot(folder: Path) -> dict:
+    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.iterdir()}
+
+
+def test_quick_benchmark_writes_json_and_markdown(tmp_path, capsys, monkeypatch):
+    committed = _snapshot(COMMITTED)
+    monkeypatch.chdir(COMMITTED.parents[1])  # where a user runs it: the repository
     assert main(["bench", "--quick", "--configs", "seed", "--out", str(tmp_path)]) == 0
+    assert _snapshot(COMMITTED) == committed, "the committed results stay as they are"
     results = json.loads((tmp_path / "results.json").read_text())
     seed = results["configs"]["seed"]
     assert {"gradient", "step", "epoch", "peers"} <= set(seed)
@@ -34,6 +44,16 @@ def test_quick_benchmark_writes_json_and_markdown(tmp_path, capsys):
     assert progress == ["gradient", "step", "epoch", "peers"]
 
 
+def test_bench_writes_to_a_git_ignored_folder_and_never_over_results(tmp_path, capsys):
+    assert build_parser().parse_args(["bench"]).out == Path("runs/bench")
+    assert "/runs/" in (COMMITTED.parents[1] / ".gitignore").read_text().split()
+    (tmp_path / "results.md").write_text("earlier results\n")
+    code = main(["bench", "--quick", "--configs", "seed", "--out", str(tmp_path)])
+    assert code == 2 and "pass --overwrite" in capsys.readouterr().err  # before any measuring
+    assert [p.name for p in tmp_path.iterdir()] == ["results.md"]
+    assert (tmp_path / "results.md").read_text() == "earlier results\n"
+
+
 def test_user_model_spec():
     config = bench.parse_config("10:8,3:tanh:softmax_cross_entropy:16")
     assert config.layers == (8, 3) and config.batch == 16
@@ -41,6 +61,8 @@ def test_user_model_spec():
         bench.parse_config("10:8,3:tanh")
     with pytest.raises(ValueError, match="unknown activation"):
         bench.parse_config("10:8,3:tan:mse:16")
+    with pytest.raises(ValueError, match="IN, LAYERS and BATCH must be positive"):
+        bench.parse_config("10:8,3:tanh:mse:0")  # found here, not after the other configs ran
 
 
 def _dots(config_name):

@@ -76,6 +76,8 @@ def parse_config(spec: str) -> Config:
         )
     except ValueError:
         raise ValueError(f"model spec {spec!r}: IN, LAYERS and BATCH must be integers") from None
+    if min(config.inputs, config.batch, *config.layers) < 1:
+        raise ValueError(f"model spec {spec!r}: IN, LAYERS and BATCH must be positive")
     config.model(), get_loss(loss)  # unknown names fail here, before any timing
     return config
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from importlib import metadata
 
 VERBS = ("train", "check", "explain", "bench")
 
@@ -20,20 +22,53 @@ class UsageError(Exception):
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # argparse prints usage too; one line is the policy
+        if self.prog == "jaxbp" and "required: VERB" in message:
+            message += f" (one of {', '.join(VERBS)}; see jaxbp --help)"
         self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def number(kind: type, *, zero: bool = False, negative: bool = False) -> Callable[[str], float]:
+    """An argparse type: a finite `kind` (int or float), positive unless `zero` or `negative`
+    allow those."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            expected = "an integer" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be finite, got {text}")
+        if not negative and (value < 0 or (value == 0 and not zero)):
+            bound = ">= 0" if zero else "positive"
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def _version() -> str:
+    try:
+        return metadata.version("jaxbp")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
-        prog="jaxbp", description="Backpropagation by hand in JAX, refereed by jax.grad."
+        prog="jaxbp",
+        description="Backpropagation by hand in JAX, refereed by jax.grad.",
+        epilog="Run `jaxbp VERB --help` for a verb's options and examples.",
     )
+    parser.add_argument("--version", action="version", version=f"jaxbp {_version()}")
     verbs = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=_Parser)
     verbs.required = True
     for name in VERBS:
         module = importlib.import_module(f"jaxbp.cli.{name}")
         sub = verbs.add_parser(
             name,
-            help=module.HELP,
+            help=module.HELP.replace("%", "%%"),  # argparse %-formats every help string
             description=module.__doc__,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
@@ -43,7 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv:  # a first-time user typing `jaxbp`: show what there is to do
+        parser.print_help(sys.stderr)
+        print("\njaxbp: error: give a verb, e.g. `jaxbp train`", file=sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
     try:
         return int(args.run(args) or 0)
     except BrokenPipeError:  # e.g. `jaxbp check | head`: the reader left; not an error of ours

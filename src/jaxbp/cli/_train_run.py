@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import jax
@@ -13,70 +16,119 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxbp import checkpoint, datasets, losses
+from jaxbp import _multihost, checkpoint, datasets, losses
 from jaxbp._plot import plot_history
 from jaxbp.backprop import autodiff, backprop
 from jaxbp.cli import UsageError
 from jaxbp.cli.train import RESUMABLE
 from jaxbp.layers import mlp
-from jaxbp.train import CHECKPOINT_NAME, TrainingDiverged, fit
+from jaxbp.losses import SoftmaxCrossEntropy
+from jaxbp.train import CHECKPOINT_NAME, TrainingDiverged, _validate_data, fit
 
 
 def train(args: argparse.Namespace) -> int:
-    """Run `jaxbp train`; bad arguments are found before the output folder is touched."""
-    (x, y), (x_test, y_test), info = _load(args.dataset)
-    loss = losses.get(
-        args.loss or ("softmax_cross_entropy" if info.task == "classification" else "mse")
-    )
+    """Run `jaxbp train`. Every check of the arguments against the data and the model comes
+    before the output folder is touched; the folder stays locked while this run writes it."""
+    _distributed(args)  # first: jax.distributed must start before any device is used
+    writer = _multihost.is_writer()
+    (x, y), (x_test, y_test), info = _load(args.dataset, args.task)
+    loss_name = args.loss or ("softmax_cross_entropy" if info.task == "classification" else "mse")
+    loss = losses.get(loss_name)
     model = mlp([*args.layers, info.n_outputs], args.activation, args.output_activation)
     devices, key = _devices(args), jax.random.PRNGKey(args.seed)
     _, params = model.init(jax.random.fold_in(key, 0), info.input_shape)
-    out = _prepare_out(args)
-    print(
-        f"jaxbp train: {args.dataset} ({info.n_train} train, {info.n_test} test, {info.task}), "
-        f"model {model!r}, loss {loss!r}, {args.optimizer} lr {args.lr:g}, {len(devices)} device(s)"
-    )
-    _report_gradient_check(model, loss, params, x[: args.batch_size], y[: args.batch_size])
-    steps = args.epochs * max(len(x) // min(args.batch_size, len(x)), 1)
-    t0 = time.perf_counter()
-    try:
-        params, history = fit(
-            model,
-            loss,
-            params,
-            (x, y),
-            optimizer=_optimizer(args, steps),
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            key=key,
-            grad=_engine(args, model, params),
-            eval_data=(x_test, y_test),
-            devices=devices,
-            progress=args.progress,
-            checkpoint_dir=out,
-            checkpoint_every=args.checkpoint_every,
-            resume=args.resume,
-            on_epoch=_metrics_writer(out / "metrics.jsonl", args.resume),
+    _check_fit(args, model, loss, params, (x, y), (x_test, y_test), len(devices))
+    config = _config(args, task=info.task, loss=loss_name, devices=len(devices))
+    if args.resume:  # before the folder is created; the rest is checked under its lock
+        _require_run(args.out)
+    # Across processes only process 0 locks and writes --out; all learn if that failed.
+    with _multihost.entered_once(_locked(args.out), default=args.out) as out:
+        start = _multihost.agree(_multihost.run_once(lambda: _prepare_out(args, config), default=0))
+        if start == args.epochs:
+            print(
+                f"jaxbp train: the run in {out} has trained all its {start} epochs; "
+                "nothing to do (give a larger --epochs to train it further)"
+            )
+            return 0
+        print(
+            f"jaxbp train: {args.dataset} ({info.n_train} train, {info.n_test} test, {info.task}), "
+            f"model {model!r}, loss {loss!r}, {args.optimizer} lr {args.lr:g}, "
+            f"{len(devices)} device(s)"
         )
-    except TrainingDiverged as error:
-        if error.history["loss"]:
-            plot_history(error.history, out / "plot.png", title=f"{args.dataset}: stopped")
-        print(f"jaxbp train: stopped: {error}", file=sys.stderr)
-        return 1
-    _summarise(history, out, args, time.perf_counter() - t0, steps)
+        _report_gradient_check(model, loss, params, x[: args.batch_size], y[: args.batch_size])
+        if start:
+            print(f"resumed from epoch {start} ({out / CHECKPOINT_NAME}), on to {args.epochs}")
+        steps = max(len(x) // min(args.batch_size, len(x)), 1)  # per epoch
+        t0 = time.perf_counter()
+        try:
+            params, history = fit(
+                model,
+                loss,
+                params,
+                (x, y),
+                optimizer=_optimizer(args, args.epochs * steps),
+                epochs=args.epochs,
+                batch_size=args.batch_size,
+                key=key,
+                grad=_engine(args, model, params),
+                eval_data=(x_test, y_test),
+                devices=devices,
+                progress=args.progress,
+                checkpoint_dir=out,
+                checkpoint_every=args.checkpoint_every,
+                resume=args.resume,
+                on_epoch=_metrics_writer(out / "metrics.jsonl", args.resume) if writer else None,
+            )
+        except TrainingDiverged as error:
+            if error.history["loss"] and writer:
+                plot_history(error.history, out / "plot.png", title=f"{args.dataset}: stopped")
+            print(f"jaxbp train: stopped: {error}", file=sys.stderr)
+            return 1
+        if writer:
+            _summarise(history, out, args, time.perf_counter() - t0, steps, start)
     return 0
 
 
-def _load(name):
-    train_data, test_data = datasets.load(name)
+def _check_fit(args, model, loss, params, train_data, test_data, n_devices: int) -> None:
+    """What fit would refuse about the data, loss and devices, found before any file is written."""
+    _validate_data("the training data", train_data, model, params)
+    _validate_data("the test data", test_data, model, params)
+    x, y = train_data
+    batch = min(args.batch_size, len(x))
+    try:
+        out = jax.eval_shape(lambda p: model.apply(p, x[:batch]), params)
+        jax.eval_shape(lambda p: loss.apply(model.apply(p, x[:batch]), y[:batch]), params)
+    except ValueError as error:
+        hint = ""
+        if np.issubdtype(np.asarray(y).dtype, np.integer):
+            hint = f"; {args.dataset} has integer class labels: use softmax_cross_entropy"
+        raise UsageError(f"{error}{hint}") from None
+    if isinstance(loss, SoftmaxCrossEntropy) and out.shape[-1] == 1:
+        raise UsageError(
+            "softmax_cross_entropy over a single output is always 0: "
+            "use --loss binary_cross_entropy or mse"
+        )
+    if n_devices > 1 and batch % n_devices:
+        raise UsageError(
+            f"--batch-size {batch} does not split evenly over {n_devices} devices: "
+            f"give a multiple of {n_devices}, or fewer --devices"
+        )
+
+
+def _load(name, task):
+    """The data and what it is; --task, when given, says what a file's labels are."""
+    train_data, test_data = datasets.load(name, **({} if task is None else {"task": task}))
     return train_data, test_data, datasets.describe((train_data, test_data), name)
 
 
-def _config(args) -> dict:
+def _config(args, **resolved) -> dict:
+    """The settings as given, with those left to defaults that depend on the data or the machine
+    (`task`, `loss`, `devices`) as resolved."""
     skip = ("run", "verb")
-    return {
+    given = {
         k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in skip
     }
+    return given | resolved
 
 
 def _metrics_writer(path: Path, resume: bool):
@@ -91,36 +143,92 @@ def _metrics_writer(path: Path, resume: bool):
     return on_epoch
 
 
-def _prepare_out(args) -> Path:
+@contextlib.contextmanager
+def _locked(out: Path) -> Iterator[Path]:
+    """Hold the lock of `out` for the run: a second run into it stops at once, naming this one."""
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(checkpoint.lock_folder(out))
+        except checkpoint.FolderLocked as error:
+            raise UsageError(
+                f"{out} is in use by another run ({error.holder or 'pid unknown'}); "
+                "wait for it to end, or choose another --out"
+            ) from None
+        except OSError as error:
+            raise UsageError(
+                f"cannot write to output folder {out}: {error.strerror or error}"
+            ) from None
+        yield out
+
+
+def _prepare_out(args, config: dict) -> int:
+    """Check `out` against what was asked, then write config.json; the epoch to resume from."""
     out: Path = args.out
-    config = _config(args)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".jaxbp-write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as error:
-        raise UsageError(
-            f"cannot write to output folder {out}: {error.strerror or error}"
-        ) from None
-    saved = out / "config.json"
     if (out / CHECKPOINT_NAME).exists() and not (args.resume or args.overwrite):
         raise UsageError(
             f"{out} already holds a run ({CHECKPOINT_NAME}); pass --resume to continue it, "
             "--overwrite to replace it, or another --out"
         )
-    if args.resume and saved.exists():
-        before = json.loads(saved.read_text())
-        changed = sorted(k for k in config if k not in RESUMABLE and before.get(k) != config[k])
-        if changed:
-            raise UsageError(
-                f"--resume with different settings than the run in {out}: {', '.join(changed)}"
-            )
-    checkpoint.atomic_write(saved, lambda f: f.write(json.dumps(config, indent=2).encode()))
-    if args.overwrite and not args.resume:
+    start = _resume_epoch(args, config) if args.resume else 0
+    if start == args.epochs:  # finished: every file stays as it is
+        return start
+    for name in (CHECKPOINT_NAME, "config.json", "metrics.jsonl"):  # a killed run's temp files
+        for tmp in out.glob(f".{name}.*.tmp"):
+            tmp.unlink()
+    checkpoint.atomic_write(
+        out / "config.json", lambda f: f.write(json.dumps(config, indent=2).encode())
+    )
+    if args.overwrite:
         for name in (CHECKPOINT_NAME, "metrics.jsonl", "plot.png"):
             (out / name).unlink(missing_ok=True)
-    return out
+    return start
+
+
+def _resume_epoch(args, config: dict) -> int:
+    """The epoch the checkpoint in `out` reached, once its run is known to match `config`."""
+    out: Path = args.out
+    _require_run(out)
+    changed = _differences(args, config, out / "config.json")
+    if changed:
+        raise UsageError(
+            f"--resume with settings that differ from the run in {out}: {'; '.join(changed)}"
+        )
+    epoch = int(checkpoint.load(out / CHECKPOINT_NAME)[1]["epoch"])
+    if epoch > args.epochs:
+        raise UsageError(
+            f"--epochs {args.epochs}: the run in {out} has already trained {epoch} epochs"
+        )
+    return epoch
+
+
+def _require_run(out: Path) -> None:
+    """--resume needs a checkpoint to resume from."""
+    if not (out / CHECKPOINT_NAME).is_file():
+        raise UsageError(
+            f"--resume: no run to resume in {out} (no {CHECKPOINT_NAME}); "
+            "leave out --resume to start one"
+        )
+
+
+def _differences(args, config: dict, saved: Path) -> list[str]:
+    """Each setting --resume may not change that `config` gives otherwise than `saved` holds."""
+    before = json.loads(saved.read_text()) if saved.exists() else {}
+    changed = []
+    for name, value in config.items():
+        if name in RESUMABLE or before.get(name, value) == value:  # absent: newer than the run
+            continue
+        if before[name] is None and getattr(args, name, None) is None:
+            continue  # a config written before defaults were resolved holds null for them
+        flag = "--" + name.replace("_", "-")
+        changed.append(f"{flag}: run has {_shown(before[name])}, you gave {_shown(value)}")
+    return changed
+
+
+def _shown(value) -> str:
+    """A setting as it is typed on the command line."""
+    if isinstance(value, list):
+        return ",".join(map(str, value)) or "''"
+    return "none" if value is None else str(value)
 
 
 def _rewrite_metrics(path: Path, checkpoint_path) -> None:
@@ -173,25 +281,58 @@ def _engine(args, model, params):
     return make(model, params, key=jax.random.fold_in(jax.random.PRNGKey(args.seed), 1))
 
 
+def _distributed(args) -> None:
+    """Join a jax.distributed run when asked to; then only process 0 prints and writes files."""
+    coordinator = args.coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS")
+    if args.num_processes is None and args.process_id is None and args.coordinator is None:
+        return
+    if None in (coordinator, args.num_processes, args.process_id):
+        raise UsageError(
+            "a multi-process run needs --coordinator HOST:PORT (or JAX_COORDINATOR_ADDRESS), "
+            "--num-processes and --process-id"
+        )
+    host, _, port = coordinator.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        source = "--coordinator" if args.coordinator else "JAX_COORDINATOR_ADDRESS"
+        raise UsageError(f"{source} {coordinator!r}: expected HOST:PORT, port 1 to 65535")
+    if args.process_id >= args.num_processes:
+        raise UsageError(
+            f"--process-id {args.process_id} must be below --num-processes {args.num_processes}"
+        )
+    # Cross-process collectives for CPU devices (jax 0.10's default; other platforms ignore it).
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator, args.num_processes, args.process_id)
+    if args.process_id > 0:  # process 0 reports for the run; the others' errors go to stderr
+        sys.stdout.flush()  # then file descriptor 1 itself, as gloo's C++ logs go there too
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        args.progress = False
+
+
 def _devices(args):
     devices = jax.local_devices()
     if args.devices is not None and args.devices > len(devices):
         raise UsageError(f"--devices {args.devices}: only {len(devices)} local device(s) present")
+    if jax.process_count() > 1:
+        return _multihost.devices(args.devices)
     return devices[: args.devices] if args.devices else devices
 
 
-def _summarise(history, out: Path, args, seconds: float, steps: int) -> None:
+def _summarise(history, out: Path, args, seconds: float, steps: int, start: int) -> None:
+    """Plot, then one line: the epochs this run trained, its speed, the final metrics."""
     plot_history(
         history, out / "plot.png", title=f"{args.dataset}: {args.activation} MLP, {args.grad}"
     )
     last = {k: v[-1] for k, v in history.items() if v}
     acc = f", test accuracy {last['eval_accuracy']:.2%}" if "eval_accuracy" in last else ""
-    per_step = np.median(history["epoch_time"][1:] or history["epoch_time"]) / max(
-        steps // args.epochs, 1
-    )
+    end, times = len(history["loss"]), history["epoch_time"][start:]
+    if len(times) > 1:  # the first epoch of a run compiles
+        speed = f"{steps / np.median(times[1:]):,.0f} steps/s after compiling"
+    else:
+        speed = f"{steps / times[0]:,.0f} steps/s, compilation included"
+    span = f"epochs {start + 1}-{end}" if end - start > 1 else f"epoch {end}"
+    span = f"{span} ({end - start} this run)" if start else f"{end} epoch{'s' * (end > 1)}"
     print(
-        f"done: {len(history['loss'])} epochs in {seconds:.1f} s "
-        f"({1 / per_step:,.0f} steps/s after compiling), "
-        f"train loss {last['loss']:.4f}, test loss {last.get('eval_loss', float('nan')):.4f}{acc}"
+        f"done: {span} in {seconds:.1f} s ({speed}), train loss {last['loss']:.4f}, "
+        f"test loss {last.get('eval_loss', float('nan')):.4f}{acc}"
     )
     print(f"wrote {out}/config.json, metrics.jsonl, {CHECKPOINT_NAME}, plot.png")

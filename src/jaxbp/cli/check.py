@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxbp.cli import UsageError
+from jaxbp.cli import UsageError, number
 
 HELP = "check backward rules against jax.vjp, finite differences and the dot-product test"
 
@@ -45,9 +45,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="how a loss TARGET's targets are drawn: auto (default), normal, unit, labels, probs",
     )
     parser.add_argument("--dtype", choices=("float64", "float32"), default="float64")
-    parser.add_argument("--seed", type=int, default=0, help="seed of every random draw (0)")
-    parser.add_argument("--batch-size", type=int, default=8, help="rows of each input (8)")
-    parser.add_argument("--directions", type=int, default=3, help="random directions (3)")
+    parser.add_argument(
+        "--seed", type=number(int, zero=True), default=0, help="seed of every random draw (0)"
+    )
+    parser.add_argument("--batch-size", type=number(int), default=8, help="rows of each input (8)")
+    parser.add_argument("--directions", type=number(int), default=3, help="random directions (3)")
     parser.add_argument(
         "--json", nargs="?", const="-", metavar="PATH", help="write JSON to PATH (or stdout)"
     )
@@ -57,8 +59,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from jaxbp.check import summary_table
 
-    if args.batch_size < 1 or args.directions < 1:
-        raise UsageError("--batch-size and --directions must be positive")
     options = {"key": args.seed, "dtype": args.dtype, "directions": args.directions}
     if args.target:
         reports = [_check_target(args, options)]

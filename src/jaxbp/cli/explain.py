@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 
+from jaxbp.cli import number
+
 HELP = "the seed's example, step by step, with numbers"
 
 
@@ -22,7 +24,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="PRNG seed for the weights (default 0)")
     parser.add_argument(
         "--weights",
-        type=float,
+        type=number(float, negative=True),
         nargs=9,
         metavar="W",
         help="the nine weights w11 w12 w21 w22 b1 b2 v1 v2 bB instead of a seed; "

@@ -1,8 +1,12 @@
 """Train an MLP with backprop on a bundled or user dataset; the default reaches ~97% on digits.
 
 Before training, backprop's gradient on the first batch is checked against jax.grad. Into --out
-go config.json, metrics.jsonl (one JSON object per epoch), checkpoint.npz (every
---checkpoint-every epochs and at the end; --resume continues from it) and plot.png.
+go config.json (the settings, defaults resolved), metrics.jsonl (one JSON object per epoch),
+checkpoint.npz (every --checkpoint-every epochs, at the end, and at the last good epoch when the
+loss turns NaN or inf) and plot.png. One run at a time writes a folder: another one stops at once.
+--resume continues from the checkpoint with the same settings; a run that has trained all its
+--epochs has nothing to do, and a larger --epochs trains it further (a cosine schedule is then
+stretched to the new length, so its learning rate rises again).
 
 examples:
   jaxbp train
@@ -18,21 +22,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from jaxbp.cli import number
+
 HELP = "train an MLP (default: digits, ~97% test accuracy)"
 OPTIMIZERS = ("adamw", "adam", "sgd", "momentum", "rmsprop")
 GRADS = ("backprop", "autodiff", "fa", "dfa")
-RESUMABLE = {"epochs", "resume", "overwrite", "progress", "checkpoint_every"}
-
-
-def _positive(kind):
-    def parse(text):
-        value = kind(text)
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-        return value
-
-    parse.__name__ = kind.__name__
-    return parse
+# What --resume may change; `out` names the same folder however it is spelt.
+RESUMABLE = {"epochs", "resume", "overwrite", "progress", "checkpoint_every", "devices", "out"}
+RESUMABLE |= {"coordinator", "num_processes", "process_id"}  # where it runs, not what it computes
 
 
 def _sizes(text):
@@ -53,6 +50,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="digits, moons, spirals, xor, or a .npz/.csv path (default digits)",
     )
     add(
+        "--task",
+        choices=("classification", "regression"),
+        default=None,
+        help="what a file's labels are (default: classification if they are classes 0..K-1, "
+        "K <= 1000, each in 2+ rows; anything else must say)",
+    )
+    add(
         "--layers",
         type=_sizes,
         default=[512, 256],
@@ -63,14 +67,21 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add(
         "--loss",
         default=None,
-        help="mse, binary_cross_entropy, softmax_cross_entropy (default by task)",
+        help="softmax_cross_entropy (the default for class labels), mse (the default for "
+        "targets), binary_cross_entropy; mse and binary_cross_entropy need targets shaped like "
+        "the output, not class labels",
     )
     add("--optimizer", choices=OPTIMIZERS, default="adamw", help="default adamw")
-    add("--lr", type=_positive(float), default=1e-3, help="peak learning rate (default 1e-3)")
+    add("--lr", type=number(float), default=1e-3, help="peak learning rate (default 1e-3)")
     add("--schedule", choices=("cosine", "constant"), default="cosine", help="default cosine")
-    add("--weight-decay", type=float, default=1e-4, help="for adamw (default 1e-4)")
-    add("--epochs", type=_positive(int), default=40, help="default 40")
-    add("--batch-size", type=_positive(int), default=32, help="default 32")
+    add(
+        "--weight-decay",
+        type=number(float, zero=True),
+        default=1e-4,
+        help="for adamw (default 1e-4)",
+    )
+    add("--epochs", type=number(int), default=40, help="default 40")
+    add("--batch-size", type=number(int), default=32, help="default 32")
     add(
         "--seed",
         type=int,
@@ -81,18 +92,34 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add("--out", type=Path, default=Path("runs/train"), help="output folder (default runs/train)")
     add(
         "--checkpoint-every",
-        type=_positive(int),
+        type=number(int),
         default=5,
         help="epochs between checkpoints (default 5)",
     )
     add(
         "--devices",
-        type=_positive(int),
+        type=number(int),
         default=None,
-        help="use the first N local devices (default all)",
+        help="use the first N local devices (default all), on every process",
     )
-    add("--resume", action="store_true", help="continue the run in --out from its checkpoint")
-    add("--overwrite", action="store_true", help="replace a finished or stopped run in --out")
+    multi = parser.add_argument_group(
+        "multi-process (jax.distributed; only process 0 writes --out and prints)"
+    ).add_argument
+    multi(
+        "--coordinator",
+        metavar="HOST:PORT",
+        help="process 0's address, the same for every process (default $JAX_COORDINATOR_ADDRESS)",
+    )
+    multi("--num-processes", type=number(int), metavar="N", help="how many processes run")
+    multi("--process-id", type=number(int, zero=True), metavar="I", help="this one's, 0 to N-1")
+    either = parser.add_mutually_exclusive_group().add_argument
+    either(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its checkpoint, with the same settings; "
+        "--epochs, --checkpoint-every and --devices may change",
+    )
+    either("--overwrite", action="store_true", help="replace a finished or stopped run in --out")
     add("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
 
