@@ -33,6 +33,11 @@ LAYERS = [(L.activation(name), (5,)) for name in L.ACTIVATIONS] + [
     (L.serial(L.Flatten(), L.Dense(4), L.Tanh(), L.Dense(3)), (2, 3)),
     (L.mlp([4, 3, 2], "relu", "softmax"), (3,)),
     (L.mlp([4, 3, 3], "sigmoid", "log_softmax"), (3,)),
+    (L.LayerNorm(), (3, 4)), (L.RMSNorm(), (5,)), (L.BatchNorm(), (2, 4)), (L.Dropout(0.3), (5,)),
+    (L.Dense(3), (2, 4)),
+    (L.serial(L.Dense(4), L.Residual(L.serial(L.LayerNorm(), L.Dense(4), L.Gelu())),
+              L.Parallel(L.Dense(2), L.serial(L.Dense(3), L.Tanh()), merge="concat")), (3,)),
+    (L.residual_mlp(4, 2, 3, norm="batch"), (3,)),
 ]  # fmt: skip
 LOSSES = [
     (losses.mse, "normal"), (losses.binary_cross_entropy, "unit"),
@@ -443,15 +448,124 @@ def test_params_are_nudged_off_init_so_a_factor_of_one_shows():
         assert failing(report) == {X}, f"seed {seed}\n{report}"
 
 
+# ---------------------------------------------------------------------------------------------
+# Planted mistakes in the rules of branches, normalisation, randomness and ids
+
+
+def _layer_norm_no_variance_term(self, params, residuals, dy):
+    xhat, rstd = residuals
+    g = dy * params["scale"]
+    dx = rstd * (g - g.mean(-1, keepdims=True))  # forgot that the variance depends on x
+    return {"scale": (dy * xhat).reshape(-1, xhat.shape[-1]).sum(0), "bias": dy.sum((0, 1))}, dx
+
+
+def _rms_norm_no_projection(self, params, residuals, dy):
+    xhat, rrms = residuals
+    return {"scale": (dy * xhat).sum(0)}, rrms * dy * params["scale"]
+
+
+def _batch_norm_constant_statistics(self, params, residuals, dy):
+    dparams, _ = L.BatchNorm.backward(self, params, residuals, dy)
+    return dparams, dy * params["scale"] * residuals[1]  # as if mean and var did not depend on x
+
+
+def _dropout_mask_missing(self, params, mask, dy):
+    return (), dy
+
+
+def _embedding_overwrites(self, params, ids, dy):
+    table = jnp.zeros_like(params["table"]).at[ids].set(dy)  # repeated ids: the last one wins
+    return {"table": table}, L.Embedding.backward(self, params, ids, dy)[1]
+
+
+def _residual_without_skip(self, params, residuals, dy, path, sweep):
+    dparams, dx = L.Residual.walk_backward(self, params, residuals, dy, path, sweep)
+    return dparams, dx - dy  # the body's dx alone: the skip's cotangent dropped
+
+
+def _parallel_first_branch_only(self, params, residuals, dy, path, sweep):
+    dparams, _ = L.Parallel.walk_backward(self, params, residuals, dy, path, sweep)
+    branch = self.branches[0]
+    _, dx = branch.backward(params[0], residuals[0][0], dy)
+    return dparams, dx  # x fans out to both branches: their dx must add
+
+
+def _with(base, name, **methods):
+    return type(name, (base,), methods)  # the base's dataclass init, repr and hash serve
+
+
+BODY = L.serial(L.Dense(4), L.Tanh())
+NEW_LAYERS = [  # (id, layer, input shape, rows that must fail)
+    ("layer norm without the variance term",
+     _with(L.LayerNorm, "Mutant", backward=_layer_norm_no_variance_term)(), (3, 4), {X}),
+    ("rms norm without the projection term",
+     _with(L.RMSNorm, "Mutant", backward=_rms_norm_no_projection)(), (5,), {X}),
+    ("batch norm ignores that the batch statistics depend on x",
+     _with(L.BatchNorm, "Mutant", backward=_batch_norm_constant_statistics)(), (4,), {X}),
+    ("dropout's mask missing in backward",
+     _with(L.Dropout, "Mutant", backward=_dropout_mask_missing)(0.5), (5,), {X}),
+    ("residual drops the skip's cotangent",
+     L.serial(L.Dense(4), _with(L.Residual, "Mutant", walk_backward=_residual_without_skip)(BODY)),
+     (3,), {"[0] Dense(features=4) ['W']", "[0] Dense(features=4) ['b']", X}),
+    ("parallel sends back one branch's dx, not the sum",
+     _with(L.Parallel, "Mutant", walk_backward=_parallel_first_branch_only)(L.Dense(4), BODY),
+     (4,), {X}),
+]  # fmt: skip
+PLANTED += [(m[0], "numerical", "test_mutant_new_layer_is_caught") for m in NEW_LAYERS]
+
+
+@pytest.mark.parametrize(
+    "layer, shape, rows", [m[1:] for m in NEW_LAYERS], ids=[m[0] for m in NEW_LAYERS]
+)
+def test_mutant_new_layer_is_caught(layer, shape, rows):
+    report = check_layer(layer, shape)
+    assert not report.ok and failing(report) == rows, str(report)
+
+
+IDS = np.array([[0, 1, 1, 6], [2, 2, 2, 3]])  # repeated ids, so accumulation matters
+
+
+def test_embedding_passes_over_many_keys_with_parameter_rows_only():
+    for seed in SEEDS[:50]:
+        report = check_layer(L.Embedding(7, 3), (4,), x=IDS, key=seed)
+        assert report.ok and [r.name for r in report.rows] == ["['table']"], str(report)
+
+
+@plants("numerical", "embedding overwrites repeated ids instead of accumulating")
+def test_mutant_embedding_is_caught():
+    bad = _with(L.Embedding, "Mutant", backward=_embedding_overwrites)(7, 3)
+    report = check_layer(bad, (4,), x=IDS)
+    assert not report.ok and failing(report) == {"['table']"}, str(report)
+
+
+def test_rows_are_named_by_path_at_any_depth():
+    model = L.serial(L.Dense(4), L.Residual(L.serial(L.Dense(4), L.Parallel(L.Dense(4), L.Tanh()))))
+    names = [r.name for r in check_layer(model, (3,)).rows]
+    assert names == [
+        "[0] Dense(features=4) ['W']", "[0] Dense(features=4) ['b']",
+        "[1][0] Dense(features=4) ['W']", "[1][0] Dense(features=4) ['b']",
+        "[1][1][0] Dense(features=4) ['W']", "[1][1][0] Dense(features=4) ['b']", "x",
+    ]  # fmt: skip
+
+
+def test_check_backprop_on_models_with_state_and_randomness():
+    x, y = np.random.default_rng(0).normal(size=(8, 5)), np.arange(8) % 3
+    for name in ("residual-bn", "dropout", "branched"):
+        model = L.preset(name, 3)
+        _, params = model.init(jax.random.PRNGKey(0), (5,))
+        report = check_backprop(model, losses.softmax_cross_entropy, params, x, y)
+        assert report.ok, f"{name}\n{report}"
+
+
 def test_every_planted_mistake_is_distinct_and_counted_in_the_readme():
     names = [name for name, _, _ in PLANTED]
     assert len(set(names)) == len(names), "a mistake is planted twice under one name"
     assert {test for _, _, test in PLANTED} <= set(globals()), "a planted mistake has no test"
     kinds = {kind: sum(k == kind for _, k, _ in PLANTED) for kind in ("numerical", "structure")}
-    assert kinds == {"numerical": 39, "structure": 11} and len(PLANTED) == 50, kinds
+    assert kinds == {"numerical": 46, "structure": 11} and len(PLANTED) == 57, kinds
     readme = " ".join((Path(__file__).parents[1] / "README.md").read_text().split())
     claim = re.search(r"plant (\d+) distinct numerical mistakes .*? and (\d+) malformed", readme)
-    assert claim and tuple(map(int, claim.groups())) == (39, 11), "README states other counts"
+    assert claim and tuple(map(int, claim.groups())) == (46, 11), "README states other counts"
     configs = re.search(r"over (\d+) seeds x (\d+) configurations", readme)
     assert configs and tuple(map(int, configs.groups())) == (
         len(SEEDS),

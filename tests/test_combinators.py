@@ -22,10 +22,11 @@ MODELS = {
         L.Dense(3),
     ),
     "parallel sum": lambda: L.serial(
-        L.Parallel((L.Dense(5), L.serial(L.Dense(5), L.Tanh()))), L.Dense(3)
+        L.Parallel(L.Dense(5), L.serial(L.Dense(5), L.Tanh())), L.Dense(3)
     ),
     "parallel concat": lambda: L.serial(
-        L.Parallel((L.serial(L.Dense(4), L.Relu()), L.Dense(2), L.Identity()), "concat"), L.Dense(3)
+        L.Parallel(L.serial(L.Dense(4), L.Relu()), L.Dense(2), L.Identity(), merge="concat"),
+        L.Dense(3),
     ),
     "residual_mlp": lambda: L.residual_mlp(8, 2, 3),
     "branched_mlp": lambda: L.branched_mlp((6, 5), 3),
@@ -96,7 +97,7 @@ def test_residual_adds_the_skip_cotangent(key, x64):
 
 def test_parallel_concat_splits_dy_and_sums_dx(key, x64):
     a, b = L.Dense(2), L.Dense(3)
-    model = L.Parallel((a, b), "concat")
+    model = L.Parallel(a, b, merge="concat")
     params, x, dy = _setup(model, key, jnp.float64, shape=(4,))
     y, r = model.forward(params, x)
     assert y.shape == (6, 5)
@@ -167,9 +168,9 @@ def test_errors_name_the_layer_by_path(key):
     with pytest.raises(
         ValueError, match=r"Parallel\(merge='sum'\) needs equal shapes.*\(2,\), \(3,\)"
     ):
-        L.Parallel((L.Dense(2), L.Dense(3))).init(key, (4,))
+        L.Parallel(L.Dense(2), L.Dense(3)).init(key, (4,))
     with pytest.raises(ValueError, match="merge must be 'sum' or 'concat'"):
-        L.Parallel((L.Dense(2),), "add")
+        L.Parallel(L.Dense(2), merge="add")
     with pytest.raises(TypeError, match="is not a layer"):
         L.Residual("relu")
 
@@ -177,8 +178,8 @@ def test_errors_name_the_layer_by_path(key):
 def test_dropout_keys_come_from_the_path(key):
     """Adding a branch or a layer after it leaves a dropout's mask where it was."""
     x = jnp.ones((4, 16))
-    one = L.Parallel((L.Dropout(0.5),))
-    two = L.Parallel((L.Dropout(0.5), L.Identity()))
+    one = L.Parallel(L.Dropout(0.5))
+    two = L.Parallel(L.Dropout(0.5), L.Identity())
     y1 = one.apply(((),), x, key=KEY)
     y2 = two.apply(((), ()), x, key=KEY) - x
     np.testing.assert_array_equal(y1, y2)
@@ -195,7 +196,7 @@ def test_dropout_keys_come_from_the_path(key):
 
 def test_eval_mode_reaches_every_depth_and_train_mode_undoes_it():
     model = L.serial(
-        L.Residual(L.serial(L.BatchNorm(), L.Dropout(0.1))), L.Parallel((L.Dropout(0.2),))
+        L.Residual(L.serial(L.BatchNorm(), L.Dropout(0.1))), L.Parallel(L.Dropout(0.2))
     )
     modes = [layer.train for _, layer in leaves(eval_mode(model)) if hasattr(layer, "train")]
     assert modes == [False, False, False]

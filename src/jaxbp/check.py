@@ -58,6 +58,7 @@ from jaxbp._check_report import (
 from jaxbp._compat import enable_x64
 from jaxbp._types import Array, Params, PRNGKey, Shape
 from jaxbp.backprop import backprop
+from jaxbp.layers.protocol import forward_state, init_state, is_combinator, path_str
 from jaxbp.losses import BinaryCrossEntropy, SoftmaxCrossEntropy
 
 __all__ = [
@@ -98,13 +99,28 @@ class _VJPPair(_Pair):
 
 @dataclasses.dataclass(frozen=True)
 class _LayerPair(_Pair):
+    """aux = (key, state): one fixed key on both sides (Dropout), and the state a stateful layer
+    reads in training (BatchNorm); forward_state's new state is not differentiated."""
+
     layer: Any
 
     def fun(self, aux, params, x):
-        return self.layer.forward(params, x)[0]
+        return forward_state(self.layer, params, aux[1], x, key=aux[0])[0]
 
     def hand(self, aux, params, x, ct):
-        return tuple(self.layer.backward(params, self.layer.forward(params, x)[1], ct))
+        residuals = forward_state(self.layer, params, aux[1], x, key=aux[0])[1]
+        return tuple(self.layer.backward(params, residuals, ct))
+
+
+@dataclasses.dataclass(frozen=True)
+class _IdsLayerPair(_LayerPair):
+    """A layer of integer inputs (Embedding's ids): aux = (key, state, x); parameter rows only."""
+
+    def fun(self, aux, params):
+        return super().fun(aux[:2], params, aux[2])
+
+    def hand(self, aux, params, ct):
+        return super().hand(aux[:2], params, aux[2], ct=ct)[:1]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,15 +139,21 @@ class _BackpropPair(_Pair):
     model: Any
     loss: Any
 
+    # data = (x, y, key, state): the forward key and training state, the same on both sides.
     def fun(self, data, params):
-        return self.loss.apply(self.model.apply(params, data[0]), data[1])
+        x, y, key, state = data
+        return self.loss.apply(forward_state(self.model, params, state, x, key=key)[0], y)
 
     def hand(self, data, params, ct):
-        grads = backprop(self.model, self.loss, params, *data)[1]
+        grads = self._backprop(data, params)[1]
         return (jax.tree.map(lambda g: (ct * g).astype(jnp.result_type(g)), grads),)
 
     def values(self, data, params):
-        return backprop(self.model, self.loss, params, *data)[0], self.fun(data, params)
+        return self._backprop(data, params)[0], self.fun(data, params)
+
+    def _backprop(self, data, params):
+        x, y, key, state = data
+        return backprop(self.model, self.loss, params, x, y, key=key, state=state)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -162,7 +184,11 @@ def check_layer(
     x: Array | None = None,
 ) -> CheckReport:  # fmt: skip
     """Check layer.backward at params from layer.init (nudged; or `params`) and inputs
-    x: (batch_size, *input_shape) of both signs (or `x`); a row per parameter leaf and for x."""
+    x: (batch_size, *input_shape) of both signs (or `x`); a row per parameter leaf and for x.
+
+    Stochastic layers get one fixed key (from `key`) on both sides; stateful ones are checked in
+    training mode from their initial state; integer inputs (`x` of ids) give parameter rows only.
+    """
     opts = _options(dtype, directions, tolerances)
     rng = _rng(key)
     with _precision(dtype):
@@ -174,12 +200,17 @@ def check_layer(
         if x is None:
             x = _both_signs(rng, (batch_size, *input_shape))
         params, x = _cast((params, x), dtype)
+        aux = (jax.random.fold_in(_jax_key(key), 1), _cast(init_state(layer, params), dtype))
 
         def names(i, path):
             return _leaf_name(layer, path) if i == 0 else "x" + jax.tree_util.keystr(path)
 
         title = f"{_short(layer)} on x{tuple(x.shape)}"
-        return run(_LayerPair(layer), (params, x), None, rng, title, names, ("params", "x"), opts)
+        if jnp.issubdtype(jnp.result_type(x), jnp.integer):  # ids have no cotangent
+            pair, primals, labels, aux = _IdsLayerPair(layer), (params,), ("params",), (*aux, x)
+        else:
+            pair, primals, labels = _LayerPair(layer), (params, x), ("params", "x")
+        return run(pair, primals, aux, rng, title, names, labels, opts)
 
 
 def check_loss(
@@ -207,14 +238,16 @@ def check_backprop(
     dtype: str = "float64", directions: int = 3, tolerances: Tolerances | dict | None = None,
 ) -> CheckReport:  # fmt: skip
     """Check jaxbp.backprop(model, loss, params, x, y): its gradient leaf by leaf, and its value
-    against loss.apply(model.apply(params, x), y)."""
+    against loss.apply(model.apply(params, x), y). Dropout gets one fixed key (from `key`) on
+    both sides; BatchNorm runs in training mode from its initial state."""
     opts = _options(dtype, directions, tolerances)
     with _precision(dtype):
         params, x, y = _cast((params, x, y), dtype)
+        state = _cast(init_state(model, params), dtype)
         title = f"backprop, {loss!r}, x{tuple(x.shape)}: {_short(model)}"
         names = lambda i, path: _leaf_name(model, path)  # noqa: E731
-        pair = _BackpropPair(model, loss)
-        return run(pair, (params,), (x, y), _rng(key), title, names, ("params",), opts)
+        pair, data = _BackpropPair(model, loss), (x, y, jax.random.fold_in(_jax_key(key), 1), state)
+        return run(pair, (params,), data, _rng(key), title, names, ("params",), opts)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -251,15 +284,23 @@ def _softmax(z: np.ndarray) -> np.ndarray:
 
 
 def _leaf_name(layer: Any, path: tuple) -> str:
-    """A leaf's path, each serial position named by its layer: "[2] Dense(features=3) ['W']"."""
-    layers = getattr(layer, "layers", None)
-    head = path[0] if path else None
-    if isinstance(layers, (tuple, list)) and isinstance(head, jax.tree_util.SequenceKey):
-        if head.idx < len(layers):
-            inner = layers[head.idx]
-            label = "serial" if hasattr(inner, "layers") else _short(inner)
-            return f"[{head.idx}] {label} {_leaf_name(inner, path[1:])}".rstrip()
-    return jax.tree_util.keystr(tuple(path))
+    """A leaf's path, the layer that owns it named after its own path, however deep:
+    "[2] Dense(features=3) ['W']", "[1][0][1] Dense(features=8) ['b']"."""
+    steps, path = [], tuple(path)
+    while is_combinator(layer):
+        children = dict(layer.sublayers())
+        head = path[0] if path else None
+        if () in children:  # Residual: the body sits at the combinator's own path
+            layer = children[()]
+        elif isinstance(head, jax.tree_util.SequenceKey) and (head.idx,) in children:
+            steps.append(head.idx)
+            layer, path = children[(head.idx,)], path[1:]
+        else:
+            break
+    rest = jax.tree_util.keystr(path)
+    if not steps:
+        return rest
+    return f"{path_str(tuple(steps))} {_short(layer)} {rest}".rstrip()
 
 
 def _short(layer: Any) -> str:

@@ -15,6 +15,7 @@ examples:
       --loss mse --optimizer sgd --lr 2 --batch-size 4 --epochs 2000 --out runs/xor
   jaxbp train --dataset my.npz --grad autodiff --out runs/mine
   jaxbp train --out runs/digits --resume
+  jaxbp train --model residual-bn --epochs 20 --out runs/resnet-mlp
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import argparse
 from pathlib import Path
 
 from jaxbp.cli import number
+from jaxbp.layers.models import PRESETS
 
 HELP = "train an MLP (default: digits, ~97% test accuracy)"
 OPTIMIZERS = ("adamw", "adam", "sgd", "momentum", "rmsprop")
@@ -55,6 +57,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="what a file's labels are (default: classification if they are classes 0..K-1, "
         "K <= 1000, each in 2+ rows; anything else must say)",
+    )
+    add(
+        "--model",
+        default=None,
+        metavar="PRESET",
+        help="a preset network instead of --layers/--activation (jaxbp.layers.PRESETS): "
+        + "; ".join(f"{name}: {text}" for name, (text, _) in PRESETS.items()),
     )
     add(
         "--layers",

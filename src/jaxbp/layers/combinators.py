@@ -194,7 +194,7 @@ class Residual(_Combinator):
 # Parallel
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, init=False)
 class Parallel(_Combinator):
     """Branches on the same x, merged: "sum" y = sum_k f_k(x), each branch gets dy;
     "concat" y = [f_1(x), ..., f_K(x)] on the last axis, branch k gets its slice of dy.
@@ -203,6 +203,12 @@ class Parallel(_Combinator):
 
     branches: tuple
     merge: str = "sum"
+
+    def __init__(self, *branches: Any, merge: str = "sum"):
+        object.__setattr__(self, "branches", tuple(branches))
+        object.__setattr__(self, "merge", merge)
+        _check_layers("Parallel", self.branches)
+        self.__post_init__()
 
     def __post_init__(self):
         if self.merge not in ("sum", "concat"):
@@ -217,7 +223,7 @@ class Parallel(_Combinator):
         return tuple(((k,), branch) for k, branch in enumerate(self.branches))
 
     def with_sublayers(self, layers):
-        return Parallel(tuple(layers), self.merge)
+        return Parallel(*layers, merge=self.merge)
 
     def init(self, key, input_shape):
         shapes, params = [], []

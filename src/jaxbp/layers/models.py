@@ -66,7 +66,7 @@ def branched_mlp(widths: Sequence[int], outputs: int, merge: str = "concat") -> 
     ("concat" or "sum"), then Dense(outputs)."""
     relu = serial(*(layer for w in widths for layer in (Dense(w), _activation("relu"))))
     tanh = serial(*(layer for w in widths for layer in (Dense(w), _activation("tanh"))))
-    return serial(Parallel((relu, tanh), merge), Dense(outputs))
+    return serial(Parallel(relu, tanh, merge=merge), Dense(outputs))
 
 
 # `jaxbp train --model NAME`: each builds a model for `outputs` classes or targets.
