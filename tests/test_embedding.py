@@ -36,10 +36,10 @@ def test_backward_matches_jax_vjp_float64(shape, key, x64):
     assert len(np.unique(ids)) < ids.size  # repeated ids: their rows must accumulate
     y, residuals = LAYER.forward(params, ids)
     dparams, dx = LAYER.backward(params, residuals, dy)
-    y_ref, vjp = jax.vjp(lambda p, i: LAYER.apply(p, i), params, ids)
+    _, vjp = jax.vjp(lambda p, i: LAYER.apply(p, i), params, ids)
     dparams_ref, dx_ref = vjp(dy)
     # 1e-12: a gather and a scatter-add, exact but for the order of the additions.
-    assert_trees_close(y, y_ref, rtol=0, what="forward")
+    np.testing.assert_array_equal(y, np.asarray(params["table"])[np.asarray(ids)])  # a gather
     assert_trees_close(dparams, dparams_ref, rtol=1e-12, what="dtable")
     assert rel_error(dparams["table"], _numpy_dtable(ids, dy, 7)) <= 1e-12
     # ids have no cotangent: float0 zeros of ids' shape, as jax.vjp itself gives.

@@ -72,10 +72,10 @@ def test_backward_matches_jax_vjp_float64(layer, shape, key, x64):
     params, state, x, dy = _setup(layer, shape, key, jnp.float64)
     y, residuals = _forward(layer, params, state, x)
     dparams, dx = layer.backward(params, residuals, dy)
-    y_ref, vjp = jax.vjp(lambda p, x: _forward(layer, p, state, x)[0], params, x)
+    _, vjp = jax.vjp(lambda p, x: _forward(layer, p, state, x)[0], params, x)
     dparams_ref, dx_ref = vjp(dy)
-    # 1e-12: both sides are exact formulas in float64; only rounding order differs.
-    assert_trees_close(y, y_ref, rtol=1e-14, what="forward")
+    # 1e-12: both sides are exact formulas in float64; only rounding order differs. (The forward
+    # itself is checked against NumPy in its own test.)
     assert_trees_close(dparams, dparams_ref, rtol=1e-12, what="dparams")
     assert_trees_close(dx, dx_ref, rtol=1e-12, what="dx")
     # The forward itself, against numpy: jax.vjp only referees the backward of this forward.

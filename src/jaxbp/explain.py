@@ -7,6 +7,7 @@ In the params of `SEED_MODEL`, w_ij = params[0]["W"][i-1, j-1] and v_j = params[
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import jax
@@ -18,7 +19,9 @@ from jaxbp.backprop import autodiff, backprop
 from jaxbp.layers import mlp
 from jaxbp.losses import mse
 
-__all__ = ["SEED_MODEL", "WEIGHT_NAMES", "xor_data", "seed_params", "chain_factors", "walkthrough"]
+__all__ = [
+    "SEED_MODEL", "WEIGHT_NAMES", "xor_data", "seed_params", "chain_factors", "walkthrough", "plot",
+]  # fmt: skip
 
 SEED_MODEL = mlp([2, 1], "sigmoid", "sigmoid")
 WEIGHT_NAMES = ("w11", "w12", "w21", "w22", "b1", "b2", "v1", "v2", "bB")
@@ -145,3 +148,47 @@ def _comparison(params, x, y, f) -> list[str]:
         rel = abs(bp[n] - ad[n]) / max(abs(ad[n]), 1e-300)
         lines.append(f"  {n:>6}  {hand}  {bp[n]:+16.10f}  {ad[n]:+16.10f}  {rel:10.1e}")
     return lines
+
+
+def plot(
+    path: str | os.PathLike,
+    model: str | None = None,
+    *,
+    seed: int = 0,
+    weights: Sequence[float] | None = None,
+    example: int = 4,
+) -> str:
+    """Draw the worked example at `path` (.png or .svg): the network on one example (1-based),
+    forward values above each unit and edge, backward ones below, the factors of dL/dv1 and
+    dL/dw11 numbered; then each gradient's batch mean beside jax.grad's. In float64.
+
+    model: None for the seed, or a small MLP "IN,UNITS,...:ACTIVATION[:OUTPUT_ACTIVATION]"
+    (e.g. "2,3,1:tanh:sigmoid"), its weights from `seed`, drawn on XOR when it has 2 inputs and
+    1 output, else on 4 random examples from `seed`. Returns what was drawn, in words.
+    """
+    from jaxbp._explain_plot import check_path, draw
+
+    check_path(path)
+    nums = picture_numbers(model, seed=seed, weights=weights, example=example)
+    draw(nums, path)
+    name = "the seed's 2-2-1 sigmoid network" if model is None else f"the MLP {nums.spec}"
+    return f"{name} on example {example} of {nums.data}"
+
+
+def picture_numbers(model: str | None = None, *, seed=0, weights=None, example=4):
+    """What `plot` draws, in float64: a `jaxbp._explain_graph.Numbers`."""
+    from jaxbp import _explain_graph as graph
+    from jaxbp._compat import enable_x64
+
+    spec = graph.SEED_SPEC if model is None else graph.parse_model(model)
+    if model is not None and weights is not None:
+        raise ValueError("--weights sets the seed network's nine weights; --model takes --seed")
+    with enable_x64():
+        if model is None:
+            params = seed_params(seed=seed, weights=weights, dtype=jnp.float64)
+            (x, y), data = xor_data(jnp.float64), "the XOR points"
+        else:
+            _, params = spec.model().init(jax.random.PRNGKey(seed), (spec.sizes[0],))
+            params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
+            x, y, data = graph.spec_data(spec, seed)
+        return graph.numbers(spec, params, x, y, example - 1, data)
