@@ -1,0 +1,192 @@
+"""Pooling, channels last: MaxPool and AvgPool over windows of 1 to 3 spatial axes, GlobalAvgPool.
+
+A window is a kernel of ones that does not mix channels, so the padding arithmetic is Conv's
+(`_resolve_padding`, `_transpose_padding` in conv.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Sequence
+
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from jaxbp._types import Array, Params, PRNGKey, Shape
+from jaxbp.layers._base import Layer, _check_input
+from jaxbp.layers.conv import (
+    Pairs,
+    _check_input_shape,
+    _check_spatial_input,
+    _int_tuple,
+    _out_size,
+    _padding_spec,
+    _resolve_padding,
+    _transpose_padding,
+    _window_tuple,
+)  # fmt: skip
+
+
+def _window_view(a: Array, offset: tuple[int, ...], strides: Shape, out: Shape) -> Array:
+    """a[:, p + s o, :] for every output o: the entry at `offset` p of every window."""
+    ends = (p + s * (o - 1) + 1 for p, s, o in zip(offset, strides, out))
+    return lax.slice(a, (0, *offset, 0), (a.shape[0], *ends, a.shape[-1]), (1, *strides, 1))
+
+
+def _window_place(v: Array, offset: tuple[int, ...], strides: Shape, shape: Shape) -> Array:
+    """The transpose of _window_view: v[:, o, :] at position p + s o of zeros of `shape`."""
+    out, spatial = v.shape[1:-1], shape[1:-1]
+    config = [
+        (p, n - p - s * (o - 1) - 1, s - 1) for p, s, o, n in zip(offset, strides, out, spatial)
+    ]
+    return lax.pad(v, jnp.zeros((), v.dtype), [(0, 0, 0), *config, (0, 0, 0)])
+
+
+@dataclasses.dataclass(frozen=True)
+class _WindowPool(Layer):
+    """What MaxPool and AvgPool share: window, strides (default: the window), padding."""
+
+    window: tuple[int, ...]
+    strides: int | tuple[int, ...] | None = None
+    padding: str | Sequence[tuple[int, int]] = "VALID"
+
+    def __post_init__(self):
+        owner = type(self).__name__
+        window = _window_tuple(owner, "window", self.window)
+        nd = len(window)
+        strides = window if self.strides is None else self.strides
+        padding = _padding_spec(owner, self.padding, nd)
+        if padding not in ("SAME", "VALID") and any(
+            v >= w for w, pair in zip(window, padding) for v in pair
+        ):
+            raise ValueError(
+                f"{owner}: padding must be smaller than the window {window} (every window must "
+                f"touch the input), got {self.padding!r}"
+            )
+        object.__setattr__(self, "window", window)  # normalised: hashable tuples
+        object.__setattr__(self, "strides", _int_tuple(owner, "strides", strides, nd))
+        object.__setattr__(self, "padding", padding)
+
+    def init(self, key: PRNGKey, input_shape: Shape) -> tuple[Shape, Params]:
+        spatial, channels = _check_input_shape(self, input_shape, len(self.window))
+        return (*self._out(spatial), channels), ()
+
+    def _pads(self, spatial: Shape) -> Pairs:
+        return _resolve_padding(self, self.padding, spatial, self.window, self.strides)
+
+    def _out(self, spatial: Shape) -> Shape:
+        return tuple(map(_out_size, spatial, self._pads(spatial), self.window, self.strides))
+
+    def _reduce(self, x: Array, init: float, op) -> tuple[Array, Pairs]:
+        """(op over every window of x padded with init, the padding used)."""
+        _check_spatial_input(self, x, len(self.window))
+        pads = self._pads(tuple(x.shape[1:-1]))
+        dims, strides = (1, *self.window, 1), (1, *self.strides, 1)
+        init = np.array(init, x.dtype)  # concrete, so jax knows the monoid (and differentiates)
+        return lax.reduce_window(x, init, op, dims, strides, ((0, 0), *pads, (0, 0))), pads
+
+
+@dataclasses.dataclass(frozen=True)
+class MaxPool(_WindowPool):
+    """MaxPool: y[o] = max over the window of x_pad (padding counts as -inf);
+    dx[i] = sum of dy[o] over the windows o whose chosen maximum is x[i].
+
+    Ties: each window sends dy to the FIRST of its maxima in row-major order of the window's
+    offsets, padded positions included, what jax.grad of lax.reduce_window max does
+    (select_and_scatter_add with `ge`). x: (batch, *spatial, C) -> (batch, *spatial', C).
+    Residuals: x (batch, *spatial, C), y (batch, *spatial', C); the backward finds the first
+    position of each window where x equals y.
+    """
+
+    def forward(self, params, x, *, key=None):
+        y, _ = self._reduce(x, -jnp.inf, lax.max)
+        return y, (x, y)
+
+    def backward(self, params, residuals, dy):
+        x, y = residuals
+        pads = self._pads(tuple(x.shape[1:-1]))
+        x_pad = jnp.pad(x, ((0, 0), *pads, (0, 0)), constant_values=-jnp.inf)
+        taken = jnp.zeros(y.shape, bool)  # windows whose maximum was already found
+        dx_pad = jnp.zeros_like(x_pad)
+        for offset in np.ndindex(*self.window):  # row-major: the first maximum wins
+            hit = (_window_view(x_pad, offset, self.strides, y.shape[1:-1]) == y) & ~taken
+            taken = taken | hit
+            dx_pad += _window_place(jnp.where(hit, dy, 0), offset, self.strides, x_pad.shape)
+        start = (0, *(lo for lo, _ in pads), 0)
+        return (), lax.slice(dx_pad, start, tuple(map(sum, zip(start, x.shape))))
+
+
+@dataclasses.dataclass(frozen=True)
+class AvgPool(_WindowPool):
+    """AvgPool: y[o] = (sum of the window of x_pad) / divisor[o]; dx[i] = sum of dy[o] /
+    divisor[o] over the windows o that contain i (the transposed window sum).
+
+    divisor: count_include_pad=True (the default, as flax.linen.avg_pool and PyTorch): prod(window)
+    everywhere, padded zeros included; False (TensorFlow's SAME): the number of real input
+    positions in the window. x: (batch, *spatial, C) -> (batch, *spatial', C). Residual: x's shape
+    only, in a zero-size array (batch, *spatial, C, 0); the divisor depends on shapes alone.
+    """
+
+    count_include_pad: bool = True
+
+    def forward(self, params, x, *, key=None):
+        sums, pads = self._reduce(x, 0.0, lax.add)
+        y = sums / self._divisor(tuple(x.shape[1:-1]), pads, x.dtype)
+        return y, jnp.zeros((*x.shape, 0), x.dtype)  # x's shape, at no cost
+
+    def backward(self, params, shape_carrier, dy):
+        spatial = shape_carrier.shape[1:-2]
+        pads = self._pads(spatial)
+        g = dy / self._divisor(spatial, pads, dy.dtype)
+        # g dilated by the strides and padded to invert the forward, then summed over windows.
+        inverse = map(_transpose_padding, spatial, pads, self.window, self.strides)
+        config = [(lo, hi, s - 1) for (lo, hi), s in zip(inverse, self.strides)]
+        g = lax.pad(g, jnp.zeros((), g.dtype), [(0, 0, 0), *config, (0, 0, 0)])
+        dims, ones = (1, *self.window, 1), (1,) * g.ndim
+        return (), lax.reduce_window(g, np.zeros((), g.dtype), lax.add, dims, ones, "VALID")
+
+    def _divisor(self, spatial: Shape, pads: Pairs, dtype) -> Array | int:
+        """prod(window), or (1, *spatial', 1): real positions per window, a product over axes."""
+        if self.count_include_pad:
+            return math.prod(self.window)
+        counts = [
+            np.minimum(o * s - lo + w, n) - np.maximum(o * s - lo, 0)
+            for n, (lo, _), w, s, o in zip(
+                spatial, pads, self.window, self.strides, map(np.arange, self._out(spatial))
+            )
+        ]
+        return jnp.asarray(functools.reduce(np.multiply.outer, counts)[None, ..., None], dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class GlobalAvgPool(Layer):
+    """GlobalAvgPool: y = mean of x over the spatial axes; dx = dy / N at every position
+    (N = prod(spatial)). x: (batch, *spatial, C) -> (batch, C), at least one spatial axis.
+    Residual: x's shape only, in a zero-size array (batch, *spatial, C, 0).
+    """
+
+    def init(self, key: PRNGKey, input_shape: Shape) -> tuple[Shape, Params]:
+        if len(input_shape) < 2:
+            raise ValueError(
+                f"{self!r}: input shape must be (*spatial, C) with at least one spatial axis, "
+                f"got {tuple(input_shape)}"
+            )
+        return (int(input_shape[-1]),), ()
+
+    def forward(self, params, x, *, key=None):
+        _check_input(self, x, min_ndim=0)
+        if x.ndim < 3:
+            raise ValueError(
+                f"{self!r}: expects inputs of shape (batch, *spatial, C) with at least one "
+                f"spatial axis, got shape {tuple(x.shape)}"
+            )
+        return jnp.mean(x, axis=tuple(range(1, x.ndim - 1))), jnp.zeros((*x.shape, 0), x.dtype)
+
+    def backward(self, params, shape_carrier, dy):
+        shape = shape_carrier.shape[:-1]
+        n = math.prod(shape[1:-1])
+        spread = (dy / n).reshape(shape[0], *(1,) * (len(shape) - 2), shape[-1])
+        return (), jnp.broadcast_to(spread, shape)
