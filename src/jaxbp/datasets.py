@@ -9,7 +9,8 @@ flattened and scaled to [0, 1]; y int32 labels `(n,)` (classification) or float3
 Built-in names (`names()`), options keyword-only:
   digits   8x8 handwritten digits (UCI, CC BY 4.0; data/README.md), 1,797 images, counts 0-16
            divided by 16; split fixed by scripts/build_digits.py: stratified by label, seed 0,
-           1,437 train / 360 test (every class in both). No options.
+           1,437 train / 360 test (every class in both). images=False: True gives x as
+           (n, 8, 8, 1) images, for convolutional models.
   xor      the 4 XOR points, y float32 (4, 1) targets 0/1; train == test (2-2-1 sigmoid, MSE).
   moons    two interleaved half circles, 2 classes.
            n_train=1000, n_test=500, noise=0.1 (sd of Gaussian noise on x), seed=0.
@@ -87,12 +88,16 @@ class DatasetInfo(NamedTuple):
     n_test: int
 
 
-def _digits() -> Split:
-    """The bundled digits: uint8 counts 0-16 on disk, float32 in [0, 1] out."""
+def _digits(images: bool = False) -> Split:
+    """The bundled digits: uint8 counts 0-16 on disk, float32 in [0, 1] out; images=True gives
+    x as (n, 8, 8, 1) images (rows, columns, one channel) instead of (n, 64) vectors."""
     ref = resources.files("jaxbp").joinpath("data/digits.npz")
     with ref.open("rb") as handle, np.load(handle, allow_pickle=False) as z:
         train, test = ((z["x_" + s], z["y_" + s]) for s in ("train", "test"))
-        return tuple((x.astype(np.float32) / 16, y.astype(np.int32)) for x, y in (train, test))
+        shape = (-1, 8, 8, 1) if images else (-1, 64)
+        return tuple(
+            (x.astype(np.float32).reshape(shape) / 16, y.astype(np.int32)) for x, y in (train, test)
+        )
 
 
 def _xor() -> Split:

@@ -21,7 +21,7 @@ from jaxbp._plot import plot_history
 from jaxbp.backprop import autodiff, backprop
 from jaxbp.cli import UsageError
 from jaxbp.cli.train import RESUMABLE
-from jaxbp.layers import init_state, mlp, preset
+from jaxbp.layers import IMAGE_PRESETS, init_state, mlp, preset
 from jaxbp.losses import SoftmaxCrossEntropy
 from jaxbp.train import CHECKPOINT_NAME, TrainingDiverged, _validate_data, fit
 
@@ -31,7 +31,7 @@ def train(args: argparse.Namespace) -> int:
     before the output folder is touched; the folder stays locked while this run writes it."""
     _distributed(args)  # first: jax.distributed must start before any device is used
     writer = _multihost.is_writer()
-    (x, y), (x_test, y_test), info = _load(args.dataset, args.task)
+    (x, y), (x_test, y_test), info = _load(args.dataset, args.task, _wants_images(args))
     loss_name = args.loss or ("softmax_cross_entropy" if info.task == "classification" else "mse")
     loss = losses.get(loss_name)
     model = _model(args, info.n_outputs)
@@ -120,10 +120,23 @@ def _check_fit(args, model, loss, params, train_data, test_data, n_devices: int)
         )
 
 
-def _load(name, task):
-    """The data and what it is; --task, when given, says what a file's labels are."""
-    train_data, test_data = datasets.load(name, **({} if task is None else {"task": task}))
+def _load(name, task, images: bool = False):
+    """The data and what it is; --task, when given, says what a file's labels are; images asks
+    digits for (n, 8, 8, 1) arrays, for the convolutional presets."""
+    options = ({} if task is None else {"task": task}) | ({"images": True} if images else {})
+    train_data, test_data = datasets.load(name, **options)
     return train_data, test_data, datasets.describe((train_data, test_data), name)
+
+
+def _wants_images(args) -> bool:
+    if args.model not in IMAGE_PRESETS:
+        return False
+    if args.dataset != "digits":
+        raise UsageError(
+            f"--model {args.model} takes images: only --dataset digits comes as images, "
+            f"got {args.dataset}"
+        )
+    return True
 
 
 def _config(args, **resolved) -> dict:

@@ -64,11 +64,22 @@ from jaxbp.layers.activations import (
     activation,
 )  # fmt: skip
 from jaxbp.layers.combinators import Parallel, Residual, Serial, serial
+from jaxbp.layers.conv import Conv
 from jaxbp.layers.dense import Dense
 from jaxbp.layers.dropout import Dropout
 from jaxbp.layers.embedding import Embedding
-from jaxbp.layers.models import PRESETS, branched_mlp, mlp, preset, residual_mlp
+from jaxbp.layers.models import (
+    IMAGE_PRESETS,
+    PRESETS,
+    branched_mlp,
+    cnn,
+    mlp,
+    preset,
+    residual_mlp,
+    resnet,
+)  # fmt: skip
 from jaxbp.layers.norm import BatchNorm, LayerNorm, RMSNorm
+from jaxbp.layers.pool import AvgPool, GlobalAvgPool, MaxPool
 from jaxbp.layers.protocol import eval_mode, forward_state, init_state, train_mode
 from jaxbp.layers.reshape import Flatten
 
@@ -77,5 +88,6 @@ __all__ = [
     "Identity", "Softmax", "LogSoftmax", "Flatten", "Serial", "serial", "mlp", "activation",
     "ACTIVATIONS", "Residual", "Parallel", "eval_mode", "train_mode", "init_state",
     "forward_state", "Dropout", "Embedding", "BatchNorm", "LayerNorm", "RMSNorm", "residual_mlp",
-    "branched_mlp", "PRESETS", "preset",
+    "branched_mlp", "PRESETS", "IMAGE_PRESETS", "preset", "Conv", "MaxPool", "AvgPool",
+    "GlobalAvgPool", "cnn", "resnet",
 ]  # fmt: skip

@@ -7,11 +7,16 @@ from typing import Any
 
 from jaxbp.layers.activations import activation as _activation
 from jaxbp.layers.combinators import Parallel, Residual, Serial, serial
+from jaxbp.layers.conv import Conv
 from jaxbp.layers.dense import Dense
 from jaxbp.layers.dropout import Dropout
 from jaxbp.layers.norm import BatchNorm, LayerNorm
+from jaxbp.layers.pool import GlobalAvgPool, MaxPool
+from jaxbp.layers.reshape import Flatten
 
-__all__ = ["mlp", "residual_mlp", "branched_mlp", "PRESETS", "preset"]
+__all__ = [
+    "mlp", "residual_mlp", "branched_mlp", "cnn", "resnet", "PRESETS", "IMAGE_PRESETS", "preset",
+]  # fmt: skip
 
 
 def mlp(
@@ -69,7 +74,58 @@ def branched_mlp(widths: Sequence[int], outputs: int, merge: str = "concat") -> 
     return serial(Parallel(relu, tanh, merge=merge), Dense(outputs))
 
 
-# `jaxbp train --model NAME`: each builds a model for `outputs` classes or targets.
+def cnn(
+    outputs: int = 10,
+    features: Sequence[int] = (16, 32),
+    hidden: int = 64,
+    activation: str = "relu",
+    *,
+    kernel_size: tuple[int, ...] = (3, 3),
+) -> Serial:
+    """LeNet-style, for small images (batch, H, W, C): per f in features, Conv(f, kernel_size,
+    SAME) -> activation -> MaxPool(2 per spatial axis); then Flatten, Dense(hidden), activation,
+    Dense(outputs). On 8x8 digits: 8x8x16 -> 4x4x16 -> 4x4x32 -> 2x2x32 -> 128 -> 64 -> 10."""
+    pool = (2,) * len(kernel_size)
+    convs = [
+        layer
+        for f in features
+        for layer in (Conv(f, kernel_size), _activation(activation), MaxPool(pool))
+    ]
+    return serial(*convs, Flatten(), Dense(hidden), _activation(activation), Dense(outputs))
+
+
+def _residual_block(features: int, strides: int, project: bool, ndim: int) -> Serial:
+    """Classic (post-activation) block: relu(F(x) + shortcut(x)), F = conv-BN-relu-conv-BN; the
+    shortcut is x itself, or a strided 1x1 Conv and BatchNorm where the shape changes."""
+    k, one = (3,) * ndim, (1,) * ndim
+    body = serial(
+        Conv(features, k, strides), BatchNorm(), _activation("relu"), Conv(features, k), BatchNorm()
+    )
+    if project:  # y = F(x) + P(x): the two branches of a Parallel sum
+        merged = Parallel(body, serial(Conv(features, one, strides), BatchNorm()))
+    else:
+        merged = Residual(body)
+    return serial(merged, _activation("relu"))
+
+
+def resnet(
+    outputs: int = 10, stages: Sequence[int] = (16, 32), blocks: int = 2, *, ndim: int = 2
+) -> Serial:
+    """ResNet (He et al. 2016, the CIFAR form): Conv(stages[0], 3x3)-BN-relu, then per stage
+    `blocks` residual blocks of that width, the first block of every later stage strided 2 with a
+    projection shortcut; GlobalAvgPool, Dense(outputs). ndim: spatial axes of the input."""
+    if blocks < 1 or not stages:
+        raise ValueError(f"resnet: needs blocks >= 1 and a stage, got {blocks} and {stages}")
+    layers: list[Any] = [Conv(stages[0], (3,) * ndim), BatchNorm(), _activation("relu")]
+    for i, width in enumerate(stages):
+        for b in range(blocks):
+            first = b == 0 and i > 0
+            layers.append(_residual_block(width, 2 if first else 1, first, ndim))
+    return serial(*layers, GlobalAvgPool(), Dense(outputs))
+
+
+# `jaxbp train --model NAME`: (what it is, build(outputs), the input it takes: "flat" vectors
+# or "image" arrays (batch, H, W, C)).
 PRESETS: dict[str, tuple[str, Callable[[int], Any]]] = {
     "residual": (
         "Dense(128), 3 pre-LayerNorm residual blocks, Dense(out)",
@@ -91,7 +147,16 @@ PRESETS: dict[str, tuple[str, Callable[[int], Any]]] = {
         "MLP 512-256, relu, Dropout(0.2) after each",
         lambda outputs: mlp([512, 256, outputs], "relu", dropout=0.2),
     ),
+    "cnn": (
+        "images: Conv16-pool-Conv32-pool, Dense(64), Dense(out)",
+        lambda outputs: cnn(outputs),
+    ),
+    "resnet": (
+        "images: ResNet of 4 classic blocks (16, 32 channels), BatchNorm, projection shortcut",
+        lambda outputs: resnet(outputs, (16, 32), 2),
+    ),
 }
+IMAGE_PRESETS = ("cnn", "resnet")
 
 
 def preset(name: str, outputs: int) -> Any:
