@@ -91,7 +91,7 @@ def angle_meter(model, engine, data, names):
 def weight_feedback_angles(engine, params, names) -> dict[str, float]:
     """FA only: angle between W_k and its fixed stand-in B_k, for every layer whose B is used."""
     angles = {}
-    for i, B in engine.feedback.items():
+    for (i,), B in engine.feedback.items():  # keyed by path: (i,) for a top-level layer
         if i != min(names):  # the first layer's dx is dropped, so its B is never used
             w, b = np.ravel(params[i]["W"]), np.ravel(B)
             cos = w @ b / (np.linalg.norm(w) * np.linalg.norm(b))
