@@ -81,17 +81,22 @@ def cnn(
     activation: str = "relu",
     *,
     kernel_size: tuple[int, ...] = (3, 3),
+    convs: int = 2,
+    batch_norm: bool = True,
 ) -> Serial:
-    """LeNet-style, for small images (batch, H, W, C): per f in features, Conv(f, kernel_size,
-    SAME) -> activation -> MaxPool(2 per spatial axis); then Flatten, Dense(hidden), activation,
-    Dense(outputs). On 8x8 digits: 8x8x16 -> 4x4x16 -> 4x4x32 -> 2x2x32 -> 128 -> 64 -> 10."""
+    """LeNet-style, for small images (batch, H, W, C): per f in features, `convs` times
+    Conv(f, kernel_size, SAME) [-> BatchNorm] -> activation, then MaxPool(2 per spatial axis);
+    then Flatten, Dense(hidden), activation, Dense(outputs).
+    On 8x8 digits: 8x8x16 -> 4x4x16 -> 4x4x32 -> 2x2x32 -> 128 -> 64 -> 10."""
     pool = (2,) * len(kernel_size)
-    convs = [
-        layer
-        for f in features
-        for layer in (Conv(f, kernel_size), _activation(activation), MaxPool(pool))
-    ]
-    return serial(*convs, Flatten(), Dense(hidden), _activation(activation), Dense(outputs))
+    layers: list[Any] = []
+    for f in features:
+        for _ in range(convs):
+            layers.append(Conv(f, kernel_size))
+            layers += [BatchNorm()] if batch_norm else []
+            layers.append(_activation(activation))
+        layers.append(MaxPool(pool))
+    return serial(*layers, Flatten(), Dense(hidden), _activation(activation), Dense(outputs))
 
 
 def _residual_block(features: int, strides: int, project: bool, ndim: int) -> Serial:
@@ -148,7 +153,7 @@ PRESETS: dict[str, tuple[str, Callable[[int], Any]]] = {
         lambda outputs: mlp([512, 256, outputs], "relu", dropout=0.2),
     ),
     "cnn": (
-        "images: Conv16-pool-Conv32-pool, Dense(64), Dense(out)",
+        "images: 2x(Conv16-BN-relu), pool, 2x(Conv32-BN-relu), pool, Dense(64), Dense(out)",
         lambda outputs: cnn(outputs),
     ),
     "resnet": (
