@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax import lax
 
 from jaxbp import layers as L
 from jaxbp import losses
@@ -38,6 +39,13 @@ LAYERS = [(L.activation(name), (5,)) for name in L.ACTIVATIONS] + [
     (L.serial(L.Dense(4), L.Residual(L.serial(L.LayerNorm(), L.Dense(4), L.Gelu())),
               L.Parallel(L.Dense(2), L.serial(L.Dense(3), L.Tanh()), merge="concat")), (3,)),
     (L.residual_mlp(4, 2, 3, norm="batch"), (3,)),
+    (L.Conv(3, (3, 3), strides=2, dilation=1), (5, 6, 2)),
+    (L.Conv(4, (2, 3), padding=((0, 2), (1, 0)), dilation=2, groups=2), (6, 7, 4)),
+    (L.Conv(2, (3,), strides=2, padding="VALID"), (7, 3)),
+    (L.MaxPool((2, 2), padding="SAME"), (5, 5, 2)),
+    (L.AvgPool((3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), count_include_pad=False),
+     (5, 6, 2)),
+    (L.GlobalAvgPool(), (3, 4, 2)),
 ]  # fmt: skip
 LOSSES = [
     (losses.mse, "normal"), (losses.binary_cross_entropy, "unit"),
@@ -373,7 +381,7 @@ PLANTED += [(m[0], "structure", "test_mutant_structure_is_a_failing_row") for m 
 )
 def test_mutant_structure_is_a_failing_row(change, row, words):
     report = check_layer(_dense_structure(change), (4,))
-    assert not report.ok and row in failing(report), str(report)
+    assert not report.ok and failing(report) == {row}, str(report)
     problem = next(r.problem for r in report.rows if r.name == row)
     assert words in problem and words in str(report), str(report)
 
@@ -557,15 +565,93 @@ def test_check_backprop_on_models_with_state_and_randomness():
         assert report.ok, f"{name}\n{report}"
 
 
+# ---------------------------------------------------------------------------------------------
+# Planted mistakes in convolution and pooling
+
+
+def _conv_backward(flip=True, dilate_dy=True, invert_padding=True, groups=True, dilation=True):
+    """Conv's backward, with one of its ingredients switched off."""
+    from jaxbp.layers import conv as C
+
+    def backward(self, params, x, dy):
+        nd, s, d = len(self.kernel_size), self.strides, self.dilation
+        spatial, axes = x.shape[1:-1], tuple(range(1, nd + 1))
+        pairs = self._padding(spatial)
+        W = params["W"] if flip else jnp.flip(params["W"], axis=tuple(range(nd)))
+        pads = tuple(map(C._transpose_padding, spatial, pairs, self._spans, s))
+        g = self.groups if groups else 1
+        dx = lax.conv_general_dilated(
+            dy, C._transposed_kernel(W, g if g == self.groups else self.groups), (1,) * nd,
+            pads if invert_padding else pairs, lhs_dilation=s if dilate_dy else (1,) * nd,
+            rhs_dilation=d if dilation else (1,) * nd, dimension_numbers=C._dims(nd),
+            feature_group_count=self.groups,
+        )  # fmt: skip
+        if not groups:  # dx right; dW pairs every input channel with every output's group 0
+            W_all = lax.conv_general_dilated(
+                x, dy, d, tuple((lo, hi - r) for (lo, hi), r in zip(
+                    pairs, map(C._unread, spatial, pairs, self._spans, s))),
+                rhs_dilation=s, dimension_numbers=C._weight_grad_dims(nd),
+            )  # fmt: skip
+            k = x.shape[-1] // self.groups
+            return {"W": W_all[..., :k, :], "b": dy.sum(axis=(0, *axes))}, dx
+        right, _ = L.Conv.backward(self, params, x, dy)
+        return right, dx
+
+    return backward
+
+
+def _max_pool_spread(self, params, residuals, dy):
+    x, _ = residuals  # every element of a window gets dy / window size, as if averaging
+    return L.AvgPool.backward(L.AvgPool(self.window, self.strides, self.padding), params,
+                              jnp.zeros((*x.shape, 0), x.dtype), dy)  # fmt: skip
+
+
+def _avg_pool_divisor_ignores_padding(self, params, carrier, dy):
+    full = L.AvgPool(self.window, self.strides, self.padding)  # divides by prod(window) everywhere
+    return L.AvgPool.backward(full, params, carrier, dy)
+
+
+CONV = L.Conv(4, (3, 3), strides=2, dilation=2, groups=2)
+VISION = [  # (id, layer, input shape, a row that must fail)
+    ("conv kernel not flipped in dx", _with(L.Conv, "Mutant", backward=_conv_backward(flip=False))(
+        *dataclasses.astuple(CONV)), (7, 8, 4), X),
+    ("conv stride ignored in dx", _with(L.Conv, "Mutant", backward=_conv_backward(
+        dilate_dy=False))(*dataclasses.astuple(CONV)), (7, 8, 4), X),
+    ("conv padding not inverted in dx", _with(L.Conv, "Mutant", backward=_conv_backward(
+        invert_padding=False))(3, (3, 3), 1, ((2, 0), (1, 1))), (5, 6, 2), X),
+    ("conv groups mixed up in dW", _with(L.Conv, "Mutant", backward=_conv_backward(
+        groups=False))(*dataclasses.astuple(CONV)), (7, 8, 4), W),
+    ("conv dilation dropped in dx", _with(L.Conv, "Mutant", backward=_conv_backward(
+        dilation=False))(3, (3, 3), 1, "SAME", 2), (6, 6, 2), X),
+    ("max-pool gradient spread over the window",
+     _with(L.MaxPool, "Mutant", backward=_max_pool_spread)((2, 2)), (4, 6, 2), X),
+    ("average-pool divisor wrong at padded edges",
+     _with(L.AvgPool, "Mutant", backward=_avg_pool_divisor_ignores_padding)(
+         (3, 3), (2, 2), ((1, 1), (1, 1)), False), (5, 6, 2), X),
+]  # fmt: skip
+# Ignoring the stride or the dilation in dx gives dx the wrong shape: a misshapen leaf.
+MISSHAPEN = {"conv stride ignored in dx", "conv dilation dropped in dx"}
+PLANTED += [
+    (m[0], "structure" if m[0] in MISSHAPEN else "numerical", "test_mutant_vision_layer_is_caught")
+    for m in VISION
+]
+
+
+@pytest.mark.parametrize("layer, shape, row", [m[1:] for m in VISION], ids=[m[0] for m in VISION])
+def test_mutant_vision_layer_is_caught(layer, shape, row):
+    report = check_layer(layer, shape)
+    assert not report.ok and failing(report) == {row}, str(report)
+
+
 def test_every_planted_mistake_is_distinct_and_counted_in_the_readme():
     names = [name for name, _, _ in PLANTED]
     assert len(set(names)) == len(names), "a mistake is planted twice under one name"
     assert {test for _, _, test in PLANTED} <= set(globals()), "a planted mistake has no test"
     kinds = {kind: sum(k == kind for _, k, _ in PLANTED) for kind in ("numerical", "structure")}
-    assert kinds == {"numerical": 46, "structure": 11} and len(PLANTED) == 57, kinds
+    assert kinds == {"numerical": 51, "structure": 13} and len(PLANTED) == 64, kinds
     readme = " ".join((Path(__file__).parents[1] / "README.md").read_text().split())
     claim = re.search(r"plant (\d+) distinct numerical mistakes .*? and (\d+) malformed", readme)
-    assert claim and tuple(map(int, claim.groups())) == (46, 11), "README states other counts"
+    assert claim and tuple(map(int, claim.groups())) == (51, 13), "README states other counts"
     configs = re.search(r"over (\d+) seeds x (\d+) configurations", readme)
     assert configs and tuple(map(int, configs.groups())) == (
         len(SEEDS),
