@@ -601,9 +601,9 @@ def _conv_backward(flip=True, dilate_dy=True, invert_padding=True, groups=True, 
 
 
 def _max_pool_spread(self, params, residuals, dy):
-    x, _ = residuals  # every element of a window gets dy / window size, as if averaging
+    _, carrier = residuals  # every element of a window gets dy / window size, as if averaging
     return L.AvgPool.backward(L.AvgPool(self.window, self.strides, self.padding), params,
-                              jnp.zeros((*x.shape, 0), x.dtype), dy)  # fmt: skip
+                              carrier, dy)  # fmt: skip
 
 
 def _avg_pool_divisor_ignores_padding(self, params, carrier, dy):

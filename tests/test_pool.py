@@ -109,7 +109,8 @@ def test_backward_matches_jax_vjp_float64(case, x64):
     assert rel_error(y, _np_pool(layer, x)) <= 1e-14
     assert y.shape[1:] == out.shape[:-1]  # init computes the output shape
     if isinstance(layer, MaxPool):
-        assert [r.shape for r in residuals] == [x.shape, y.shape]  # x and y
+        won, carrier = residuals  # the winning offset of every window, and x's shape
+        assert won.shape == y.shape and won.dtype == jnp.int32 and carrier.shape == (*x.shape, 0)
     else:
         assert residuals.shape == (*x.shape, 0)  # x's shape only
 
@@ -234,3 +235,25 @@ def test_global_avg_pool_shapes_and_errors(key):
         layer.forward((), jnp.ones((2, 3)))
     with pytest.raises(ValueError, match=r"GlobalAvgPool\(\): input shape.*at least one spatial"):
         layer.init(key, (3,))
+
+
+def test_max_pool_after_batchnorm_and_relu_matches_jax_grad_under_jit(x64):
+    """Ties at zero after a ReLU, x computed by a fusion XLA may repeat: the winner comes from
+    the forward's own pass, so backprop agrees with jax.grad through the whole chain."""
+    from jaxbp import autodiff, backprop, softmax_cross_entropy
+    from jaxbp import layers as L
+
+    model = L.serial(L.Conv(4, (3, 3)), L.BatchNorm(), L.Relu(), MaxPool((2, 2)), L.Flatten(),
+                     L.Dense(3))  # fmt: skip
+    _, params = model.init(jax.random.PRNGKey(3), (8, 8, 1))
+    params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
+    state = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), L.init_state(model, params))
+    x = jax.random.normal(jax.random.PRNGKey(3), (5, 8, 8, 1), jnp.float64)
+    y = jnp.arange(5) % 3
+    run = jax.jit(lambda f, p: f(model, softmax_cross_entropy, p, x, y, state=state)[1],
+                  static_argnums=0)  # fmt: skip
+    ours, ref = (jnp.concatenate([g.ravel() for g in jax.tree.leaves(run(f, params))])
+                 for f in (backprop, autodiff))  # fmt: skip
+    # 1e-12 of the whole gradient: float64 formulas in another order (the bias before BatchNorm
+    # has an exactly-zero gradient, so per-leaf ratios would compare noise with noise).
+    assert float(jnp.linalg.norm(ours - ref)) <= 1e-12 * float(jnp.linalg.norm(ref))

@@ -87,3 +87,23 @@ def test_embedding_ids_out_of_range_are_refused_before_training():
     params, history = fit(model, jaxbp.softmax_cross_entropy, params, (x % 10, y),
                           optimizer=optax.sgd(0.1), epochs=2, batch_size=4, key=KEY)  # fmt: skip
     assert np.isfinite(history["loss"]).all()
+
+
+@pytest.mark.parametrize(
+    "model", [L.cnn(3, (4, 6), 8), L.resnet(3, (4, 6), 1)], ids=["cnn", "resnet"]
+)
+def test_vision_models_backprop_matches_autodiff_float64(model, x64):
+    _, params = model.init(KEY, (8, 8, 1))
+    params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
+    state = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), init_state(model, params))
+    x = jax.random.normal(KEY, (5, 8, 8, 1), jnp.float64)
+    y = jnp.arange(5) % 3
+    run = jax.jit(lambda f, p: f(model, jaxbp.softmax_cross_entropy, p, x, y, state=state),
+                  static_argnums=0)  # fmt: skip
+    value, grads, new_state = run(jaxbp.backprop, params)
+    ref_value, ref_grads, ref_state = run(jaxbp.autodiff, params)
+    # Relative to the whole gradient: a bias just before BatchNorm has an exactly-zero gradient.
+    flat = [jnp.concatenate([g.ravel() for g in jax.tree.leaves(t)]) for t in (grads, ref_grads)]
+    assert float(jnp.linalg.norm(flat[0] - flat[1])) <= 1e-12 * float(jnp.linalg.norm(flat[1]))
+    assert abs(float(value - ref_value)) <= 1e-12 * abs(float(ref_value))
+    assert_trees_close(new_state, ref_state, rtol=1e-12, what="state")

@@ -97,26 +97,39 @@ class MaxPool(_WindowPool):
     Ties: each window sends dy to the FIRST of its maxima in row-major order of the window's
     offsets, padded positions included, what jax.grad of lax.reduce_window max does
     (select_and_scatter_add with `ge`). x: (batch, *spatial, C) -> (batch, *spatial', C).
-    Residuals: x (batch, *spatial, C), y (batch, *spatial', C); the backward finds the first
-    position of each window where x equals y.
+    Residuals: which offset of each window won, int32 (batch, *spatial', C), and x's shape in a
+    zero-size array (batch, *spatial, C, 0). The forward finds the winner
+    in the same pass that takes the maximum (a running max with strict >), never by comparing x
+    with y afterwards: XLA may recompute x in another fusion, a rounding apart.
     """
 
     def forward(self, params, x, *, key=None):
-        y, _ = self._reduce(x, -jnp.inf, lax.max)
-        return y, (x, y)
-
-    def backward(self, params, residuals, dy):
-        x, y = residuals
+        _check_spatial_input(self, x, len(self.window))
         pads = self._pads(tuple(x.shape[1:-1]))
         x_pad = jnp.pad(x, ((0, 0), *pads, (0, 0)), constant_values=-jnp.inf)
-        taken = jnp.zeros(y.shape, bool)  # windows whose maximum was already found
-        dx_pad = jnp.zeros_like(x_pad)
-        for offset in np.ndindex(*self.window):  # row-major: the first maximum wins
-            hit = (_window_view(x_pad, offset, self.strides, y.shape[1:-1]) == y) & ~taken
-            taken = taken | hit
-            dx_pad += _window_place(jnp.where(hit, dy, 0), offset, self.strides, x_pad.shape)
+        out = self._out(tuple(x.shape[1:-1]))
+        y, won = None, None
+        for j, offset in enumerate(np.ndindex(*self.window)):  # row-major: the first max wins
+            v = _window_view(x_pad, offset, self.strides, out)
+            if y is None:
+                y, won = v, jnp.zeros(v.shape, jnp.int32)
+            else:
+                later = v > y
+                y, won = jnp.where(later, v, y), jnp.where(later, j, won)
+        return y, (won, jnp.zeros((*x.shape, 0), x.dtype))
+
+    def backward(self, params, residuals, dy):
+        won, shape_carrier = residuals
+        spatial = shape_carrier.shape[1:-2]
+        pads = self._pads(spatial)
+        padded = (dy.shape[0], *(n + lo + hi for n, (lo, hi) in zip(spatial, pads)), dy.shape[-1])
+        dx_pad = jnp.zeros(padded, dy.dtype)
+        for j, offset in enumerate(np.ndindex(*self.window)):
+            dx_pad += _window_place(jnp.where(won == j, dy, 0), offset, self.strides, padded)
         start = (0, *(lo for lo, _ in pads), 0)
-        return (), lax.slice(dx_pad, start, tuple(map(sum, zip(start, x.shape))))
+        return (), lax.slice(
+            dx_pad, start, (padded[0], *(lo + n for (lo, _), n in zip(pads, spatial)), padded[-1])
+        )
 
 
 @dataclasses.dataclass(frozen=True)
