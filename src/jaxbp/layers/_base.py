@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import jax.numpy as jnp
@@ -32,3 +33,14 @@ def _check_input(layer: Any, x: Array, expected: Shape | None = None, *, min_ndi
             f"{layer!r}: expects inputs of shape (batch, {', '.join(map(str, expected))}), "
             f"got {tuple(x.shape)}"
         )
+
+
+def _describe(tree: Any) -> str:
+    """{'W': (3, 3, 2, 4), 'b': list}: what a params tree holds, for error messages."""
+    if not isinstance(tree, Mapping):
+        return type(tree).__name__
+    shown = (
+        f"{k!r}: {tuple(v.shape) if hasattr(v, 'shape') else type(v).__name__}"
+        for k, v in tree.items()
+    )
+    return "{" + ", ".join(shown) + "}"

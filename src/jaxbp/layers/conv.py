@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxbp._types import Array, Params, PRNGKey, Shape
-from jaxbp.layers._base import Layer, _check_input
+from jaxbp.layers._base import Layer, _check_input, _describe
 
 Pairs = tuple[tuple[int, int], ...]
 
@@ -283,14 +283,3 @@ class Conv(Layer):
                 f"got {tuple(x.shape)}"
             )
         return self._padding(tuple(x.shape[1:-1]))
-
-
-def _describe(tree: Any) -> str:
-    """{'W': (3, 3, 2, 4), 'b': list}: what a tree holds, for error messages."""
-    if not isinstance(tree, Mapping):
-        return type(tree).__name__
-    shown = (
-        f"{k!r}: {tuple(v.shape) if hasattr(v, 'shape') else type(v).__name__}"
-        for k, v in tree.items()
-    )
-    return "{" + ", ".join(shown) + "}"

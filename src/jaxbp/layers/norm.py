@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxbp._types import Array, Params, PRNGKey, Shape
-from jaxbp.layers._base import Layer, _check_input
+from jaxbp.layers._base import Layer, _check_input, _describe
 
 
 def _sum_but_last(a: Array) -> Array:
@@ -57,17 +57,6 @@ def _channels(layer: Any, input_shape: Shape) -> int:
     if len(input_shape) < 1:
         raise ValueError(f"{layer!r}: input shape must be (..., C), got {tuple(input_shape)}")
     return int(input_shape[-1])
-
-
-def _describe(tree: Any) -> str:
-    """{'scale': (4,), 'bias': list}: what a tree holds, for error messages."""
-    if not isinstance(tree, Mapping):
-        return type(tree).__name__
-    shown = (
-        f"{k!r}: {tuple(v.shape) if hasattr(v, 'shape') else type(v).__name__}"
-        for k, v in tree.items()
-    )
-    return "{" + ", ".join(shown) + "}"
 
 
 def _check_vectors(
