@@ -100,11 +100,28 @@ def check_per_example_gradients(r: dict) -> None:
         assert timing["vmap_median_s"] > 0 and timing["loop_median_s"] > 0
 
 
+def check_depth(r: dict) -> None:
+    families = ("plain", "plain_bn", "residual", "residual_bn")
+    assert set(families) <= set(r) and len(r["depths"]) >= 2
+    for name in families:
+        for depth in r["depths"]:
+            s = r[name][str(depth)]
+            acc = s["test_accuracy"]
+            assert 0 <= acc["min"] <= acc["mean"] <= acc["max"] <= 1, (name, depth)
+            assert len(s["log10_delta_norm_per_layer"]) == depth, (name, depth)  # one per Dense
+            assert finite(s["train_loss"]["mean"], s["log10_delta_ratio_first_over_last"])
+    deepest = str(r["depths"][-1])
+    # LeCun init with relu: a plain net's delta shrinks towards the input; a skip path holds it.
+    plain = r["plain"][deepest]["log10_delta_ratio_first_over_last"]
+    assert plain < -0.3 and r["residual"][deepest]["log10_delta_ratio_first_over_last"] > plain
+
+
 KNOWN = {
     "seed_example": (("factors.png", "cost.png"), check_seed_example),
     "vanishing_gradients": (("per_layer.png", "depth.png"), check_vanishing_gradients),
     "gradient_precision": (("errors.png",), check_gradient_precision),
     "per_example_gradients": (("norms.png", "timing.png"), check_per_example_gradients),
+    "depth": (("depth.png",), check_depth),
 }
 
 
