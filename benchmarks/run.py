@@ -1,7 +1,7 @@
 """Run the full benchmark: the same as `jaxbp bench`, with the same options.
 
-usage: python benchmarks/run.py [--quick] [--configs seed digits wide deep] [--out DIR]
-                                [--overwrite]
+usage: python benchmarks/run.py [--quick] [--configs seed digits wide deep cnn resnet]
+                                [--out DIR] [--overwrite]
 
 It writes results.json and results.md to --out (default runs/bench, git-ignored) and never
 replaces results already there without --overwrite. To refresh the committed results, ask:

@@ -7,6 +7,7 @@ import itertools
 import json
 import math
 import re
+import sys
 import time
 from pathlib import Path
 
@@ -15,8 +16,10 @@ import numpy as np
 import pytest
 
 from jaxbp import backprop, bench
+from jaxbp.bench import _report, peers, vision
 from jaxbp.bench._report import verdict
 from jaxbp.bench._timing import interleaved, median_ci, ratio
+from jaxbp.bench.vision import VisionConfig
 from jaxbp.cli import build_parser, main
 
 COMMITTED = Path(__file__).parents[1] / "benchmarks" / "results"
@@ -153,3 +156,66 @@ def test_interleaved_settles_each_sample_with_untimed_calls_to_the_same_fn():
     assert all(log.count(k) >= 2 * n + 1 for k in "ab")
     runs = [len(list(g)) for _, g in itertools.groupby(log[2:])]
     assert len(runs) <= 2 * n and all(r >= 2 for r in runs)
+
+
+TINY_CNN = VisionConfig(
+    "tiny", "cnn", (("features", (4,)), ("hidden", 8), ("convs", 1)), (4, 4, 1), 4
+)
+
+
+def test_quick_convolutional_config_carries_state_and_reports_its_peers():
+    lines = []
+    result = bench.run_config(TINY_CNN, quick=True, report=lines.append)
+    assert [line.split(":")[0].strip() for line in lines] == ["gradient", "step", "peers"]
+    assert result["gradient"]["backprop_s"] > 0 and result["step"]["ratio"]["median"] > 0
+    timed = result["peers"]
+    assert timed["jaxbp_s"] > 0
+    assert timed["missing"]["torch_compile"] == "skipped (quick run)"
+    assert ("torch_s" in timed) != ("torch" in timed["missing"])  # timed, or said why not
+    table = bench.to_markdown({"environment": bench.environment(), "quick": True,
+                               "configs": {"tiny": result}})  # fmt: skip
+    assert "| tiny | " in table and "skipped (quick run)" in table
+    assert "NumPy by hand" not in table  # no empty MLP table
+
+
+def test_without_torch_the_peer_columns_say_so_and_nothing_fails(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)  # import torch now raises ImportError
+    timed = vision.peer_times(TINY_CNN, 2, settle=0.0)
+    assert set(timed["missing"].values()) == {"torch not installed"} and timed["jaxbp_s"] > 0
+    assert "torch not installed" in _report.summarize("peers", timed)
+
+
+@pytest.mark.parametrize("name", ["cnn", "resnet"])
+def test_the_convolutional_configs_are_the_ones_the_issue_names(name):
+    model, loss, params, state, x, y = bench.CONFIGS[name].problem()
+    assert (
+        x.shape == {"cnn": (128, 8, 8, 1), "resnet": (64, 32, 32, 3)}[name]
+        and y.shape[:1] == x.shape[:1]
+    )
+    assert jax.tree.leaves(state), "BatchNorm's state is carried"
+    value, grads, new_state = jax.jit(vision.gradient_fn(model, loss, "backprop"))(
+        params, state, x[:2], y[:2]
+    )
+    assert np.isfinite(value) and jax.tree.structure(new_state) == jax.tree.structure(state)
+
+
+@pytest.mark.parametrize("name", ["cnn", "resnet"])
+def test_the_torch_peer_computes_the_same_loss_and_gradients(name):
+    pytest.importorskip("torch")
+    config = bench.CONFIGS[name]
+    model, loss, params, state, x, y = config.problem()
+    x, y = x[:4], y[:4]
+    value, grads, _ = backprop(model, loss, params, x, y, state=state)
+    step = peers.torch_net_step(model, params, config.input_shape, config.loss, lr=0.0)
+    assert float(step(*step.convert(np.asarray(x), np.asarray(y)))) == pytest.approx(
+        float(value), rel=1e-5
+    )
+    convs = [m for m in step.net.modules() if type(m).__name__ == "Conv2d"]
+    is_layer = lambda g: isinstance(g, dict) and "W" in g  # noqa: E731
+    leaves = jax.tree.leaves(grads, is_leaf=is_layer)
+    ours = [g["W"] for g in leaves if is_layer(g) and g["W"].ndim == 4]
+    assert len(convs) == len(ours) > 1
+    for conv, dW in zip(convs, ours):  # same order: forward order in both
+        np.testing.assert_allclose(
+            conv.weight.grad.numpy(), np.asarray(dW).transpose(3, 2, 0, 1), atol=2e-5
+        )

@@ -46,7 +46,8 @@ def summarize(phase: str, r: dict) -> str:
         )
     if phase == "peers":
         times = {k.removesuffix("_s"): v for k, v in r.items() if k.endswith("_s")}
-        return ", ".join(f"{name} {_t(seconds)}" for name, seconds in times.items())
+        missing = [f"{name} {why}" for name, why in r.get("missing", {}).items()]
+        return ", ".join([f"{name} {_t(seconds)}" for name, seconds in times.items()] + missing)
     if phase == "roofline":
         gflops = r["matmul_gflops"]
         return f"{_r(r['fraction_of_roofline'])} of the bare matmuls ({gflops:.1f} GFLOP/s)"
@@ -83,28 +84,35 @@ def to_markdown(results: dict) -> str:
             f"{_r(g['null_ratio'])} | "
             f"{_r(s['ratio'])} | {_t(g['compile_backprop_s'])} / {_t(g['compile_jax_grad_s'])} |"
         )
-    lines += [
-        "",
-        _header(
-            "config",
-            "jaxbp step in compiled epoch",
-            "loop of jitted steps",
-            "scan / loop",
-            "NumPy by hand",
-            "NumPy / epoch step",
-            "PyTorch eager",
-            "PyTorch / jitted step",
-        ),
-    ]
-    for name, r in results["configs"].items():
-        e, p = r["epoch"], r["peers"]
-        torch = (
-            f"{_t(p['torch_s'])} | {_r(p['torch_over_jaxbp'])}" if "torch_s" in p else "n/a | n/a"
-        )
-        lines.append(
-            f"| {name} | {_t(e['scan_step_s'])} | {_t(e['loop_step_s'])} | {_r(e['ratio'])} | "
-            f"{_t(e['numpy_step_s'])} | {_r(e['numpy_over_scan'])} | {torch} |"
-        )
+    mlps = {n: r for n, r in results["configs"].items() if "epoch" in r}
+    if mlps:
+        lines += [
+            "",
+            _header(
+                "config",
+                "jaxbp step in compiled epoch",
+                "loop of jitted steps",
+                "scan / loop",
+                "NumPy by hand",
+                "NumPy / epoch step",
+                "PyTorch eager",
+                "PyTorch / jitted step",
+            ),
+        ]
+        for name, r in mlps.items():
+            e, p = r["epoch"], r["peers"]
+            torch = (
+                f"{_t(p['torch_s'])} | {_r(p['torch_over_jaxbp'])}"
+                if "torch_s" in p
+                else "n/a | n/a"
+            )
+            lines.append(
+                f"| {name} | {_t(e['scan_step_s'])} | {_t(e['loop_step_s'])} | {_r(e['ratio'])} | "
+                f"{_t(e['numpy_step_s'])} | {_r(e['numpy_over_scan'])} | {torch} |"
+            )
+    convnets = {n: r for n, r in results["configs"].items() if "epoch" not in r}
+    if convnets:
+        lines += ["", _vision_peers(convnets)]
     roof = {n: r["roofline"] for n, r in results["configs"].items() if "roofline" in r}
     if roof:
         lines += [
@@ -118,4 +126,27 @@ def to_markdown(results: dict) -> str:
                 f"| {name} | {_t(r['step_s'])} | {_t(r['bare_matmul_s'])} | "
                 f"{_r(r['fraction_of_roofline'])} | {r['matmul_gflops']:.1f} |"
             )
+    return "\n".join(lines)
+
+
+def _vision_peers(configs: dict) -> str:
+    """The jitted jaxbp step (backprop) against PyTorch eager and torch.compile, same network."""
+    lines = [
+        _header(
+            "config",
+            "jaxbp step",
+            "PyTorch eager",
+            "eager / jaxbp",
+            "torch.compile",
+            "compiled / jaxbp",
+        )  # fmt: skip
+    ]
+    for name, r in configs.items():
+        p, cells = r["peers"], [name, _t(r["peers"]["jaxbp_s"])]
+        for peer in ("torch", "torch_compile"):
+            if f"{peer}_s" in p:
+                cells += [_t(p[f"{peer}_s"]), _r(p[f"{peer}_over_jaxbp"])]
+            else:
+                cells += [p.get("missing", {}).get(peer, "n/a"), "n/a"]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -96,3 +96,35 @@ def torch_step(sizes, activation, output_activation, loss, lr=1e-2) -> Callable 
 
     step.convert = to_torch
     return step
+
+
+def torch_net_step(model, params, input_shape, loss, *, lr=1e-2, compiled=False):
+    """A PyTorch SGD step on a jaxbp layer tree (conv nets included), the same layers, sizes and
+    starting params, in NCHW: step(x, y) -> loss, or None when torch is not installed.
+
+    BatchNorm runs in training mode; compiled=True hands the network to torch.compile (inductor
+    compiles its forward and backward), the SGD update staying eager. step.convert(x, y) turns
+    channels-last NumPy arrays into its inputs.
+    """
+    try:
+        import torch
+
+        from jaxbp.bench import torch_nets
+    except ImportError:
+        return None
+    if loss != "softmax_cross_entropy":
+        raise ValueError(f"torch_net_step: only softmax_cross_entropy is supported, got {loss!r}")
+    net = torch_nets.torch_module(model, params, tuple(input_shape))[0]
+    opt = torch.optim.SGD(net.parameters(), lr=lr)
+    run, criterion = (torch.compile(net) if compiled else net), torch.nn.CrossEntropyLoss()
+
+    def step(x, y):
+        opt.zero_grad(set_to_none=True)
+        value = criterion(run(x), y)
+        value.backward()
+        opt.step()
+        return value.detach()
+
+    step.convert = lambda x, y: (torch_nets.to_nchw(x), torch.from_numpy(np.asarray(y, np.int64)))
+    step.net = net
+    return step

@@ -7,11 +7,15 @@ results.json and results.md to --out (default runs/bench; files already there ar
 --overwrite) and prints the Markdown tables.
 
 configs: seed (2-2-1 sigmoid, MSE, batch 4), digits (64-128-128-10 relu, softmax CE, batch 128),
-wide (784-1024-1024-10 relu, batch 512), deep (32 -> 16 x 64 tanh -> 1, MSE, batch 64).
+wide (784-1024-1024-10 relu, batch 512), deep (32 -> 16 x 64 tanh -> 1, MSE, batch 64);
+convolutional, BatchNorm's state carried, PyTorch eager and torch.compile as peers (no epoch or
+roofline): cnn (the cnn preset on 8x8 digits, batch 128), resnet (8 residual blocks at 16-32
+channels on random 32x32x3 images, batch 64).
 
 examples:
   jaxbp bench --quick
   jaxbp bench --configs digits wide --out runs/bench-wide
+  jaxbp bench --configs cnn resnet --out runs/bench-vision
   jaxbp bench --out benchmarks/results --overwrite      # refresh the committed results
   jaxbp bench --model 784:1024,1024,10:relu:softmax_cross_entropy:512
 """
@@ -22,7 +26,7 @@ import argparse
 from pathlib import Path
 
 HELP = "benchmark backprop against jax.grad, NumPy and PyTorch"
-CONFIG_NAMES = ("seed", "digits", "wide", "deep")
+CONFIG_NAMES = ("seed", "digits", "wide", "deep", "cnn", "resnet")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
