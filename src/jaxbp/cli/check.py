@@ -90,11 +90,24 @@ def _builtin_checks(batch_size: int, options: dict) -> list:
         (L.LeakyRelu(0.3), (5,)), (L.Elu(0.5), (5,)), (L.Gelu(approximate=False), (5,)),
         (L.Dense(3), (4,)), (L.Flatten(), (2, 3)),
         (L.serial(L.Flatten(), L.Dense(4), L.Tanh(), L.Dense(3)), (2, 3)),
+        (L.Dense(3), (2, 4)), (L.LayerNorm(), (3, 4)), (L.RMSNorm(), (5,)),
+        (L.BatchNorm(), (2, 4)), (L.Dropout(0.3), (5,)),
+        (L.serial(L.Dense(4), L.Residual(L.serial(L.LayerNorm(), L.Dense(4), L.Gelu())),
+                  L.Parallel(L.Dense(2), L.serial(L.Dense(3), L.Tanh()), merge="concat")), (3,)),
+        (L.Conv(3, (3, 3), strides=2), (5, 6, 2)),
+        (L.Conv(4, (2, 3), padding=((0, 2), (1, 0)), dilation=2, groups=2), (6, 7, 4)),
+        (L.Conv(2, (3,), strides=2, padding="VALID"), (7, 3)),
+        (L.MaxPool((2, 2), padding="SAME"), (5, 5, 2)),
+        (L.AvgPool((3, 3), padding="SAME"), (5, 6, 2)),
+        (L.GlobalAvgPool(), (3, 4, 2)),
     ]  # fmt: skip
+    ids = np.array([[0, 1, 1, 6], [2, 2, 2, 3]])  # Embedding: integer ids, repeated
+    layers_with_x = [(L.Embedding(7, 3), (4,), ids)]
     ce = losses.softmax_cross_entropy
     targets = [(losses.mse, "normal"), (losses.binary_cross_entropy, "unit"), (ce, "labels"),
                (ce, "probs")]  # fmt: skip
     checks = [partial(check_layer, a, s, batch_size=batch_size, **options) for a, s in layers]
+    checks += [partial(check_layer, a, s, x=x, **options) for a, s, x in layers_with_x]
     checks += [partial(check_loss, f, (batch_size, 4), targets=t, **options) for f, t in targets]
     rng = np.random.default_rng(options["key"])
     kinds = [(losses.mse, "sigmoid"), (losses.binary_cross_entropy, None), (ce, None),

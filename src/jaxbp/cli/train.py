@@ -1,4 +1,4 @@
-"""Train an MLP with backprop on a bundled or user dataset; the default reaches ~97% on digits.
+"""Train an MLP or a preset network with backprop on a bundled or user dataset (~97% on digits).
 
 Before training, backprop's gradient on the first batch is checked against jax.grad. Into --out
 go config.json (the settings, defaults resolved), metrics.jsonl (one JSON object per epoch),
@@ -26,7 +26,7 @@ from pathlib import Path
 from jaxbp.cli import number
 from jaxbp.layers.models import PRESETS
 
-HELP = "train an MLP (default: digits, ~97% test accuracy)"
+HELP = "train a network (default: an MLP on digits, ~97% test accuracy)"
 OPTIMIZERS = ("adamw", "adam", "sgd", "momentum", "rmsprop")
 GRADS = ("backprop", "autodiff", "fa", "dfa")
 # What --resume may change; `out` names the same folder however it is spelt.
