@@ -718,7 +718,7 @@ def test_cli_json_to_stdout(capsys):
     assert main(["check", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["ok"] is True and data["dtype"] == "float64" and data["seed"] == 0
-    assert len(data["reports"]) == 25 and all(r["ok"] for r in data["reports"])
+    assert len(data["reports"]) == 38 and all(r["ok"] for r in data["reports"])
     assert data["reports"][0]["rows"][0]["name"] == "x"
 
 
