@@ -16,6 +16,10 @@ CONTRACT = {
     "jaxbp.layers": [
         "Dense", "Sigmoid", "Tanh", "Relu", "LeakyRelu", "Elu", "Gelu", "Softplus", "Silu",
         "Identity", "Softmax", "LogSoftmax", "Flatten", "serial", "mlp", "activation",
+        # DESIGN.md's "Growth" names
+        "Residual", "Parallel", "Dropout", "LayerNorm", "RMSNorm", "BatchNorm", "Embedding",
+        "Conv", "MaxPool", "AvgPool", "GlobalAvgPool", "SelfAttention", "LSTM", "GRU", "cnn",
+        "resnet",
     ],
     "jaxbp.losses": ["mse", "binary_cross_entropy", "softmax_cross_entropy"],
 }  # fmt: skip

@@ -63,6 +63,7 @@ from jaxbp.layers.activations import (
     Tanh,
     activation,
 )  # fmt: skip
+from jaxbp.layers.attention import SelfAttention
 from jaxbp.layers.combinators import Parallel, Residual, Serial, serial
 from jaxbp.layers.conv import Conv
 from jaxbp.layers.dense import Dense
@@ -81,6 +82,7 @@ from jaxbp.layers.models import (
 from jaxbp.layers.norm import BatchNorm, LayerNorm, RMSNorm
 from jaxbp.layers.pool import AvgPool, GlobalAvgPool, MaxPool
 from jaxbp.layers.protocol import eval_mode, forward_state, init_state, train_mode
+from jaxbp.layers.recurrent import GRU, LSTM, RNN
 from jaxbp.layers.reshape import Flatten
 
 __all__ = [
@@ -89,5 +91,5 @@ __all__ = [
     "ACTIVATIONS", "Residual", "Parallel", "eval_mode", "train_mode", "init_state",
     "forward_state", "Dropout", "Embedding", "BatchNorm", "LayerNorm", "RMSNorm", "residual_mlp",
     "branched_mlp", "PRESETS", "IMAGE_PRESETS", "preset", "Conv", "MaxPool", "AvgPool",
-    "GlobalAvgPool", "cnn", "resnet",
+    "GlobalAvgPool", "cnn", "resnet", "SelfAttention", "LSTM", "GRU", "RNN",
 ]  # fmt: skip
