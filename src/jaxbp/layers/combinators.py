@@ -179,9 +179,10 @@ class Residual(_Combinator):
     def walk_forward(self, params, state, x, key, path, sweep):
         y, residuals, state = sweep_forward(self.body, params, state, x, key, path, sweep)
         if y.shape != x.shape:
+            where = f"layer {_path_str(path)} " if path else ""
             raise ValueError(
-                f"layer {_path_str(path)} Residual: body maps {tuple(x.shape)} to "
-                f"{tuple(y.shape)}; y = x + body(x) needs equal shapes"
+                f"{where}Residual: body maps {tuple(x.shape)} to {tuple(y.shape)}; "
+                "y = x + body(x) needs equal shapes"
             )
         return x + y, residuals, state
 
