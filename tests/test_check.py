@@ -23,6 +23,7 @@ from jaxbp import layers as L
 from jaxbp import losses
 from jaxbp.check import CheckReport, check_backprop, check_layer, check_loss, check_vjp
 from jaxbp.cli import main
+from jaxbp.layers.combinators import sweep_backward
 
 SEEDS = range(200)  # after the first compilation a check costs ~1-3 ms: 200 keys are cheap
 
@@ -46,6 +47,11 @@ LAYERS = [(L.activation(name), (5,)) for name in L.ACTIVATIONS] + [
     (L.AvgPool((3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), count_include_pad=False),
      (5, 6, 2)),
     (L.GlobalAvgPool(), (3, 4, 2)),
+    # Sequence layers on (T, C) = (4, 4), 2 heads: these 7 cost ~15 s of CPU over the 200 seeds
+    # (measured, compilations included), inside the 30 s allowed, so they take the full sweep.
+    (L.SelfAttention(2), (4, 4)), (L.SelfAttention(2, causal=False), (4, 4)),
+    (L.SelfAttention(2, recompute=True), (4, 4)), (L.LSTM(3), (4, 4)), (L.GRU(3), (4, 4)),
+    (L.RNN(3), (4, 4)), (L.PositionEmbedding(6, 4), (4, 4)),
 ]  # fmt: skip
 LOSSES = [
     (losses.mse, "normal"), (losses.binary_cross_entropy, "unit"),
@@ -643,15 +649,218 @@ def test_mutant_vision_layer_is_caught(layer, shape, row):
     assert not report.ok and failing(report) == {row}, str(report)
 
 
+# ---------------------------------------------------------------------------------------------
+# Planted mistakes in sequence layers: attention, recurrence, positions and tied weights.
+# Each attention and recurrent mutant carries its own forward and backward, written out again
+# from the formulas in the layers' docstrings with one ingredient switched off: they depend on
+# the public params layout alone, not on the layers' internals. The copies with nothing
+# switched off pass (test_sequence_copies_pass), so a failure is the planted mistake's.
+
+
+def _split(a, H):
+    """(batch, T, C) -> (batch, H, T, d)."""
+    b, T, C = a.shape
+    return a.reshape(b, T, H, C // H).transpose(0, 2, 1, 3)
+
+
+def _merge(a):
+    """(batch, H, T, d) -> (batch, T, C)."""
+    b, H, T, d = a.shape
+    return a.transpose(0, 2, 1, 3).reshape(b, T, H * d)
+
+
+def _scores(q, k, causal):
+    s = jnp.einsum("bhid,bhjd->bhij", q, k) / math.sqrt(q.shape[-1])
+    T = s.shape[-1]
+    return jnp.where(jnp.tril(jnp.ones((T, T), bool)), s, -jnp.inf) if causal else s
+
+
+def _attention(scale=True, mask=True, full_softmax=True):
+    """SelfAttention's forward, and its backward (p rebuilt from lse, as recompute=True does)."""
+
+    def forward(self, params, x, *, key=None):
+        H = self.num_heads
+        q, k, v = (_split(a, H) for a in jnp.split(x @ params["W_qkv"] + params["b_qkv"], 3, -1))
+        s = _scores(q, k, self.causal)
+        m = lax.stop_gradient(s.max(-1, keepdims=True))
+        lse = m + jnp.log(jnp.exp(s - m).sum(-1, keepdims=True))
+        o = _merge(jnp.exp(s - lse) @ v)
+        return o @ params["W_out"] + params["b_out"], (x, q, k, v, o, lse)
+
+    def backward(self, params, residuals, dy):
+        x, q, k, v, o, lse = residuals
+        p = jnp.exp(_scores(q, k, self.causal and mask) - lse)  # mask=False: the future leaks
+        do = _split(dy @ params["W_out"].T, self.num_heads)
+        dp, dv = do @ jnp.swapaxes(v, -1, -2), jnp.swapaxes(p, -1, -2) @ do
+        ds = p * (dp - (dp * p).sum(-1, keepdims=True)) if full_softmax else p * dp
+        ds = ds / math.sqrt(q.shape[-1]) if scale else ds
+        dq, dk = ds @ k, jnp.swapaxes(ds, -1, -2) @ q
+        dqkv = jnp.concatenate([_merge(dq), _merge(dk), _merge(dv)], -1)
+        sums = lambda a: a.reshape(-1, a.shape[-1]).sum(0)  # noqa: E731
+        dparams = {
+            "W_qkv": jnp.einsum("bti,btj->ij", x, dqkv), "b_qkv": sums(dqkv),
+            "W_out": jnp.einsum("bti,btj->ij", o, dy), "b_out": sums(dy),
+        }  # fmt: skip
+        return dparams, dqkv @ params["W_qkv"].T
+
+    return {"forward": forward, "backward": backward}
+
+
+def _lstm(forget_path=True):
+    """LSTM's forward and its BPTT; forget_path=False drops dc_prev = f dc (the cell's memory)."""
+
+    def forward(self, params, x, *, key=None):
+        def step(carry, xw_t):
+            h, c = carry
+            i, f, g, o = jnp.split(xw_t + h @ params["U"], 4, -1)
+            i, f, g, o = jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)
+            c_new = f * c + i * g
+            h_new = o * jnp.tanh(c_new)
+            return (h_new, c_new), (h_new, jnp.concatenate([i, f, g, o], -1), c_new, h, c)
+
+        zero = jnp.zeros((x.shape[0], self.features), x.dtype)
+        xw = jnp.swapaxes(x @ params["W"] + params["b"], 0, 1)  # time-major
+        h, *saved = lax.scan(step, (zero, zero), xw)[1]
+        return jnp.swapaxes(h, 0, 1), (x, *saved)
+
+    def backward(self, params, residuals, dy):
+        x, gates, c, h_prev, c_prev = residuals
+
+        def step(carry, inputs):
+            dh_next, dc_next = carry
+            dy_t, gates_t, c_t, c_prev_t = inputs
+            i, f, g, o = jnp.split(gates_t, 4, -1)
+            tc = jnp.tanh(c_t)
+            dh = dy_t + dh_next
+            dc = dh * o * (1 - tc * tc) + dc_next
+            dz = jnp.concatenate([dc * g * i * (1 - i), dc * c_prev_t * f * (1 - f),
+                                  dc * i * (1 - g * g), dh * tc * o * (1 - o)], -1)  # fmt: skip
+            return (dz @ params["U"].T, dc * f if forget_path else 0 * dc), dz
+
+        zero = jnp.zeros_like(c[0])
+        inputs = (jnp.swapaxes(dy, 0, 1), gates, c, c_prev)
+        dz = lax.scan(step, (zero, zero), inputs, reverse=True)[1]
+        return _recurrent_grads(params, x, h_prev, dz)
+
+    return {"forward": forward, "backward": backward}
+
+
+def _rnn(cut=None):
+    """The tanh RNN's forward and its BPTT; at step `cut` the carry from step cut + 1 is lost."""
+
+    def forward(self, params, x, *, key=None):
+        def step(h, xw_t):
+            h_new = jnp.tanh(xw_t + h @ params["U"])
+            return h_new, (h_new, h)
+
+        h0 = jnp.zeros((x.shape[0], self.features), x.dtype)
+        h, h_prev = lax.scan(step, h0, jnp.swapaxes(x @ params["W"] + params["b"], 0, 1))[1]
+        return jnp.swapaxes(h, 0, 1), (x, h, h_prev)
+
+    def backward(self, params, residuals, dy):
+        x, h, h_prev = residuals
+
+        def step(dh_next, inputs):
+            t, dy_t, h_t = inputs
+            dh_next = jnp.where(t == cut, 0, dh_next) if cut is not None else dh_next
+            dz = (dy_t + dh_next) * (1 - h_t * h_t)
+            return dz @ params["U"].T, dz
+
+        inputs = (jnp.arange(len(h)), jnp.swapaxes(dy, 0, 1), h)
+        dz = lax.scan(step, jnp.zeros_like(h[0]), inputs, reverse=True)[1]
+        return _recurrent_grads(params, x, h_prev, dz)
+
+    return {"forward": forward, "backward": backward}
+
+
+def _recurrent_grads(params, x, h_prev, dz):
+    """dW = sum_t x_t^T dz_t, dU = sum_t h_{t-1}^T dz_t, db = sum dz, dx = dz W^T; h_prev and dz
+    time-major, (T, batch, ...)."""
+    dU = jnp.einsum("tbf,tbk->fk", h_prev, dz)
+    dz = jnp.swapaxes(dz, 0, 1)
+    return {"W": jnp.einsum("bti,btk->ik", x, dz), "U": dU, "b": dz.sum((0, 1))}, dz @ params["W"].T
+
+
+def _position_mean_not_sum(self, params, residuals, dy):
+    T = dy.shape[1]  # dtable[t] must sum dy over the batch; the mean divides by it
+    return {"table": jnp.zeros_like(params["table"]).at[:T].set(dy.mean(0))}, dy
+
+
+def _tied_head_gradient_dropped(self, params, residuals, dy, path, sweep):
+    """Tied's walk with W = table^T put at the head, its dW then dropped, not added to dtable."""
+    (s,), (t,) = self.source, self.target
+    full = (*params[:t], {**params[t], "W": params[s]["table"].T}, *params[t + 1 :])
+    grads, dx = sweep_backward(self.body, full, residuals, dy, path, sweep)
+    return (*grads[:t], {"b": grads[t]["b"]}, *grads[t + 1 :]), dx
+
+
+QKV = {"['W_qkv']", "['b_qkv']", X}  # the rows a mistake in s = q k^T / sqrt(d) or before reaches
+SEQ = (4, 4)  # T, C (and T, in): 2 heads of d = 2; a (4, 4) attention matrix per head
+SEQUENCE_COPIES = [  # (id, layer): the copies above, nothing switched off
+    ("attention", _with(L.SelfAttention, "Copy", **_attention())(2, True, True)),
+    ("attention non-causal", _with(L.SelfAttention, "Copy", **_attention())(2, False, True)),
+    ("lstm", _with(L.LSTM, "Copy", **_lstm())(3)),
+    ("rnn", _with(L.RNN, "Copy", **_rnn())(3)),
+]
+SEQUENCE = [  # (id, layer, input shape, rows that must fail)
+    ("attention without 1/sqrt(d) in backward",
+     _with(L.SelfAttention, "Mutant", **_attention(scale=False))(2, True, True), SEQ, QKV),
+    ("attention rebuilds p without the causal mask in backward",
+     _with(L.SelfAttention, "Mutant", **_attention(mask=False))(2, True, True), SEQ, QKV),
+    ("softmax Jacobian taken as its diagonal in attention (ds = p dp)",
+     _with(L.SelfAttention, "Mutant", **_attention(full_softmax=False))(2, True, True), SEQ, QKV),
+    ("lstm drops the forget-gate path of dc (dc_prev = f dc)",
+     _with(L.LSTM, "Mutant", **_lstm(forget_path=False))(3), SEQ, {W, "['U']", B, X}),
+    ("bptt truncated at one step (carry from t + 1 lost)",
+     _with(L.RNN, "Mutant", **_rnn(cut=1))(3), SEQ, {W, "['U']", B, X}),
+    ("position embedding takes the batch mean, not the sum",
+     _with(L.PositionEmbedding, "Mutant", backward=_position_mean_not_sum)(6, 4), SEQ,
+     {"['table']"}),
+]  # fmt: skip
+PLANTED += [(m[0], "numerical", "test_mutant_sequence_layer_is_caught") for m in SEQUENCE]
+
+
+@pytest.mark.parametrize(
+    "layer", [m[1] for m in SEQUENCE_COPIES], ids=[m[0] for m in SEQUENCE_COPIES]
+)
+def test_sequence_copies_pass(layer):
+    report = check_layer(layer, SEQ)
+    assert report.ok and all(row.errors["vjp"] <= 1e-12 for row in report.rows), str(report)
+
+
+@pytest.mark.parametrize(
+    "layer, shape, rows", [m[1:] for m in SEQUENCE], ids=[m[0] for m in SEQUENCE]
+)
+def test_mutant_sequence_layer_is_caught(layer, shape, rows):
+    report = check_layer(layer, shape)
+    assert not report.ok and failing(report) == rows, str(report)
+
+
+TIED = L.Tied(L.serial(L.Embedding(7, 4), L.Tanh(), L.Dense(7)), 0, 2)
+TABLE = "[0] Embedding(num_embeddings=7, features=4) ['table']"
+
+
+@plants("numerical", "tied weights: the head's gradient not added to the shared table's")
+def test_mutant_tied_is_caught_on_the_table_row_only():
+    report = check_layer(TIED, (4,), x=IDS)
+    names = [r.name for r in report.rows]
+    assert report.ok and names == [TABLE, "[2] Dense(features=7) ['b']"], str(report)
+    bad = _with(L.Tied, "Mutant", walk_backward=_tied_head_gradient_dropped)(
+        TIED.body, TIED.source, TIED.target
+    )
+    report = check_layer(bad, (4,), x=IDS)
+    assert not report.ok and failing(report) == {TABLE}, str(report)
+
+
 def test_every_planted_mistake_is_distinct_and_counted_in_the_readme():
     names = [name for name, _, _ in PLANTED]
     assert len(set(names)) == len(names), "a mistake is planted twice under one name"
     assert {test for _, _, test in PLANTED} <= set(globals()), "a planted mistake has no test"
     kinds = {kind: sum(k == kind for _, k, _ in PLANTED) for kind in ("numerical", "structure")}
-    assert kinds == {"numerical": 51, "structure": 13} and len(PLANTED) == 64, kinds
+    assert kinds == {"numerical": 58, "structure": 13} and len(PLANTED) == 71, kinds
     readme = " ".join((Path(__file__).parents[1] / "README.md").read_text().split())
     claim = re.search(r"plant (\d+) distinct numerical mistakes .*? and (\d+) malformed", readme)
-    assert claim and tuple(map(int, claim.groups())) == (51, 13), "README states other counts"
+    assert claim and tuple(map(int, claim.groups())) == (58, 13), "README states other counts"
     configs = re.search(r"over (\d+) seeds x (\d+) configurations", readme)
     assert configs and tuple(map(int, configs.groups())) == (
         len(SEEDS),

@@ -39,10 +39,11 @@ every layer:
 Integer inputs (Embedding's ids) have no cotangent: their dx is a float0 array (JAX's own
 convention), and a sweep stops there.
 
-Combinators (Serial, Residual, Parallel) are layers whose backward sums their fan-out's
+Combinators (Serial, Residual, Parallel, Tied) are layers whose backward sums their fan-out's
 cotangents. Every layer is addressed by its path in the params tree: (3, 0, 1) is
-params[3][0][1]; Residual adds no step to the path (its params are its body's). Error messages,
-signals, replacement rules and check reports name layers by path: `layer [3][0][1] Dense(...)`.
+params[3][0][1]; Residual and Tied add no step to the path (their params are their body's).
+Error messages, signals, replacement rules and check reports name layers by path:
+`layer [3][0][1] Dense(...)`.
 """
 
 from __future__ import annotations
@@ -73,7 +74,9 @@ from jaxbp.layers.models import (
     IMAGE_PRESETS,
     PRESETS,
     branched_mlp,
+    char_rnn,
     cnn,
+    gpt,
     mlp,
     preset,
     residual_mlp,
@@ -81,9 +84,11 @@ from jaxbp.layers.models import (
 )  # fmt: skip
 from jaxbp.layers.norm import BatchNorm, LayerNorm, RMSNorm
 from jaxbp.layers.pool import AvgPool, GlobalAvgPool, MaxPool
+from jaxbp.layers.position import PositionEmbedding
 from jaxbp.layers.protocol import eval_mode, forward_state, init_state, train_mode
 from jaxbp.layers.recurrent import GRU, LSTM, RNN
 from jaxbp.layers.reshape import Flatten
+from jaxbp.layers.tied import Tied
 
 __all__ = [
     "Layer", "Dense", "Sigmoid", "Tanh", "Relu", "LeakyRelu", "Elu", "Gelu", "Softplus", "Silu",
@@ -91,5 +96,6 @@ __all__ = [
     "ACTIVATIONS", "Residual", "Parallel", "eval_mode", "train_mode", "init_state",
     "forward_state", "Dropout", "Embedding", "BatchNorm", "LayerNorm", "RMSNorm", "residual_mlp",
     "branched_mlp", "PRESETS", "IMAGE_PRESETS", "preset", "Conv", "MaxPool", "AvgPool",
-    "GlobalAvgPool", "cnn", "resnet", "SelfAttention", "LSTM", "GRU", "RNN",
+    "GlobalAvgPool", "cnn", "resnet", "SelfAttention", "LSTM", "GRU", "RNN", "PositionEmbedding",
+    "Tied", "gpt", "char_rnn",
 ]  # fmt: skip

@@ -5,17 +5,24 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from jaxbp.layers.activations import Gelu
 from jaxbp.layers.activations import activation as _activation
+from jaxbp.layers.attention import SelfAttention
 from jaxbp.layers.combinators import Parallel, Residual, Serial, serial
 from jaxbp.layers.conv import Conv
 from jaxbp.layers.dense import Dense
 from jaxbp.layers.dropout import Dropout
+from jaxbp.layers.embedding import Embedding
 from jaxbp.layers.norm import BatchNorm, LayerNorm
 from jaxbp.layers.pool import GlobalAvgPool, MaxPool
+from jaxbp.layers.position import PositionEmbedding
+from jaxbp.layers.recurrent import GRU, LSTM, RNN
 from jaxbp.layers.reshape import Flatten
+from jaxbp.layers.tied import Tied
 
 __all__ = [
-    "mlp", "residual_mlp", "branched_mlp", "cnn", "resnet", "PRESETS", "IMAGE_PRESETS", "preset",
+    "mlp", "residual_mlp", "branched_mlp", "cnn", "resnet", "gpt", "char_rnn", "PRESETS",
+    "IMAGE_PRESETS", "preset",
 ]  # fmt: skip
 
 
@@ -127,6 +134,60 @@ def resnet(
             first = b == 0 and i > 0
             layers.append(_residual_block(width, 2 if first else 1, first, ndim))
     return serial(*layers, GlobalAvgPool(), Dense(outputs))
+
+
+def _positive(builder: str, **sizes: Any) -> None:
+    """Raise unless every size is a positive int (bool excluded), naming the builder."""
+    for name, value in sizes.items():
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise TypeError(f"{builder}: {name} must be an int, got {value!r}")
+        if value <= 0:
+            raise ValueError(f"{builder}: {name} must be positive, got {value}")
+
+
+def gpt(
+    vocab_size: int, context: int, *, num_layers: int = 4, features: int = 128,
+    num_heads: int = 4, mlp_ratio: int = 4, tie_weights: bool = False, recompute: bool = False,
+) -> Any:  # fmt: skip
+    """GPT (Radford et al. 2019), pre-norm: int ids (batch, T <= context) -> logits (batch, T,
+    vocab_size). Embedding(vocab, C) + PositionEmbedding(context, C), then `num_layers` blocks
+    x + SelfAttention(LayerNorm(x)) [causal], x + Dense(C)(Gelu(Dense(mlp_ratio C)(LayerNorm(x)))),
+    then LayerNorm, Dense(vocab). tie_weights: the head reads W = table^T (`Tied`), one matrix
+    for both embeddings. Paths: [0] Embedding, [1] positions, [2 + 2l] attention block l,
+    [3 + 2l] its MLP, [-2] LayerNorm, [-1] head. recompute: attention saves lse, not p."""
+    _positive("gpt", vocab_size=vocab_size, context=context, num_layers=num_layers,
+              features=features, num_heads=num_heads, mlp_ratio=mlp_ratio)  # fmt: skip
+    if features % num_heads:
+        raise ValueError(
+            f"gpt: features = {features} do not split into num_heads = {num_heads} heads "
+            "(features must be divisible by num_heads)"
+        )
+    for name, flag in (("tie_weights", tie_weights), ("recompute", recompute)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"gpt: {name} must be a bool, got {flag!r}")
+    C = features
+    attention = Residual(
+        serial(LayerNorm(), SelfAttention(num_heads, causal=True, recompute=recompute))
+    )
+    mlp_block = Residual(serial(LayerNorm(), Dense(mlp_ratio * C), Gelu(), Dense(C)))
+    body = serial(
+        Embedding(vocab_size, C), PositionEmbedding(context, C),
+        *[attention, mlp_block] * num_layers, LayerNorm(), Dense(vocab_size),
+    )  # fmt: skip
+    return Tied(body, (0,), (len(body.layers) - 1,)) if tie_weights else body
+
+
+_CELLS = {"lstm": LSTM, "gru": GRU, "rnn": RNN}
+
+
+def char_rnn(vocab_size: int, *, cell: str = "lstm", embed: int = 64, hidden: int = 256) -> Serial:
+    """Character-level language model (Karpathy's char-rnn): int ids (batch, T) -> logits
+    (batch, T, vocab_size), Embedding(vocab, embed), a recurrent cell ("lstm", "gru" or "rnn",
+    tanh) of `hidden` features from a zero state, Dense(vocab)."""
+    _positive("char_rnn", vocab_size=vocab_size, embed=embed, hidden=hidden)
+    if cell not in _CELLS:
+        raise ValueError(f"char_rnn: cell must be one of {', '.join(_CELLS)}, got {cell!r}")
+    return serial(Embedding(vocab_size, embed), _CELLS[cell](hidden), Dense(vocab_size))
 
 
 # `jaxbp train --model NAME`: (what it is, build(outputs), the input it takes: "flat" vectors

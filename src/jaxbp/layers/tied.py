@@ -1,0 +1,137 @@
+"""Tied: one matrix shared by two layers, an Embedding's table and a Dense head's W = table^T."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from jaxbp._types import Params, PRNGKey, Shape
+from jaxbp.layers._base import _describe
+from jaxbp.layers.combinators import _check_layers, _Combinator, sweep_backward, sweep_forward
+from jaxbp.layers.dense import Dense
+from jaxbp.layers.embedding import Embedding
+from jaxbp.layers.protocol import Path, init_state, leaves, path_str
+
+__all__ = ["Tied"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Tied(_Combinator):
+    """Weight tying (Press & Wolf, 2017): the Dense head at path `target` reads W = table^T, the
+    table of the Embedding at path `source` (paths inside body), so one (vocab, C) matrix serves
+    as both the input and the output embedding.
+
+    Forward: W = table^T is put at `target` (whose params hold only "b"), then the body's walk.
+    Backward: the body's walk, then dtable += dW^T and dW leaves the tree: a parameter that two
+    layers read gets the sum of their two gradients (a fan-out, as x's in Residual).
+    params, state and residuals: the body's, less the target's W; the body sits at Tied's own
+    path (Tied adds no step), so every layer keeps its path in signals, rules and check rows.
+    """
+
+    body: Any
+    source: Path
+    target: Path
+
+    def __post_init__(self):
+        _check_layers("Tied", (self.body,))
+        for name in ("source", "target"):
+            object.__setattr__(self, name, _as_path(name, getattr(self, name)))
+        found = dict(leaves(self.body))
+        for name, kind, a in (("source", Embedding, "an"), ("target", Dense, "a")):
+            path = getattr(self, name)
+            if not isinstance(found.get(path), kind):
+                what = f"{found[path]!r}" if path in found else "no layer"
+                raise TypeError(
+                    f"Tied: {name} {path_str(path)} must name {a} {kind.__name__} of the body, "
+                    f"found {what}; layers at {', '.join(map(path_str, found))}"
+                )
+        vocab, out = found[self.source].num_embeddings, found[self.target].features
+        if vocab != out:
+            raise ValueError(
+                f"Tied: W = table^T needs the head's features to equal the vocabulary; "
+                f"{found[self.source]!r} at {path_str(self.source)} has {vocab} rows, "
+                f"{found[self.target]!r} at {path_str(self.target)} has {out} outputs"
+            )
+
+    def sublayers(self):
+        return (((), self.body),)
+
+    def with_sublayers(self, layers):
+        return Tied(*layers, self.source, self.target)
+
+    def init(self, key: PRNGKey, input_shape: Shape) -> tuple[Shape, Params]:
+        shape, params = self.body.init(key, input_shape)
+        table, head = _at(params, self.source)["table"], _at(params, self.target)
+        if tuple(head["W"].shape) != tuple(table.shape[::-1]):
+            raise ValueError(
+                f"Tied: W = table^T needs the head at {path_str(self.target)} to read the "
+                f"{table.shape[1]} features of the table at {path_str(self.source)}, but it reads "
+                f"{head['W'].shape[0]} (its W is {tuple(head['W'].shape)}, the table "
+                f"{tuple(table.shape)})"
+            )
+        return shape, _put(params, self.target, {k: v for k, v in head.items() if k != "W"})
+
+    def init_state(self, params):
+        return init_state(self.body, self._tie(params, ()))
+
+    def walk_forward(self, params, state, x, key, path, sweep):
+        return sweep_forward(self.body, self._tie(params, path), state, x, key, path, sweep)
+
+    def walk_backward(self, params, residuals, dy, path, sweep):
+        grads, dx = sweep_backward(self.body, self._tie(params, path), residuals, dy, path, sweep)
+        head, embedding = _at(grads, self.target), _at(grads, self.source)
+        dtable = embedding["table"] + head["W"].T  # the two gradients of one matrix add
+        grads = _put(grads, self.source, {**embedding, "table": dtable})
+        return _put(grads, self.target, {k: v for k, v in head.items() if k != "W"}), dx
+
+    def _tie(self, params: Params, path: Path) -> Params:
+        """params with W = table^T put at the target; params of the wrong structure raise."""
+        where = f"layer {path_str(path)} " if path else ""
+        source, target = (path_str(path + p) for p in (self.source, self.target))
+        embedding, head = (_at(params, p, path) for p in (self.source, self.target))
+        table = embedding.get("table") if isinstance(embedding, Mapping) else None
+        if getattr(table, "ndim", None) != 2:
+            raise ValueError(
+                f"{where}Tied: params at {source} must be {{'table': (vocab, C)}}, "
+                f"got {_describe(embedding)}"
+            )
+        if not isinstance(head, Mapping) or set(head) != {"b"}:
+            raise ValueError(
+                f"{where}Tied: params at {target} must be {{'b': (vocab,)}} alone, the head's W "
+                f"being the table at {source} transposed; got {_describe(head)}"
+            )
+        return _put(params, self.target, {**head, "W": table.T})
+
+
+def _as_path(name: str, path: Any) -> Path:
+    """An int i stands for the top-level path (i,)."""
+    path = (path,) if isinstance(path, int) and not isinstance(path, bool) else path
+    if not isinstance(path, tuple) or not all(
+        isinstance(i, int) and not isinstance(i, bool) for i in path
+    ):
+        raise TypeError(f"Tied: {name} must be a path, a tuple of ints, got {path!r}")
+    return path
+
+
+def _at(tree: Any, path: Path, tied: Path = ()) -> Any:
+    """The subtree at path; a tree without that entry raises, naming paths from the model's
+    root (tied: the Tied layer's own path)."""
+    for depth, step in enumerate(path):
+        if not isinstance(tree, (tuple, list)) or not 0 <= step < len(tree):
+            where = f"layer {path_str(tied)} " if tied else ""
+            raise ValueError(
+                f"{where}Tied: params have no entry at {path_str(tied + path[: depth + 1])}; "
+                f"got {_describe(tree)} at {path_str(tied + path[:depth])}"
+            )
+        tree = tree[step]
+    return tree
+
+
+def _put(tree: Any, path: Path, value: Any) -> Any:
+    """A copy of tree with the subtree at path replaced by value (tuples rebuilt, not mutated)."""
+    if not path:
+        return value
+    items = list(tree)
+    items[path[0]] = _put(tree[path[0]], path[1:], value)
+    return type(tree)(items)
