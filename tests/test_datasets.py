@@ -123,7 +123,7 @@ def test_build_script_check_compares_bytes(tmp_path, capsys):
 
 
 def test_names():
-    assert datasets.names() == ("digits", "moons", "spirals", "xor")
+    assert datasets.names() == ("digits", "moons", "names", "spirals", "xor")
 
 
 def test_xor():

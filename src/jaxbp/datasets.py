@@ -11,6 +11,12 @@ Built-in names (`names()`), options keyword-only:
            divided by 16; split fixed by scripts/build_digits.py: stratified by label, seed 0,
            1,437 train / 360 test (every class in both). images=False: True gives x as
            (n, 8, 8, 1) images, for convolutional models.
+  names    32,000 US surnames (1990 Census, public domain; data/README.md) as characters for
+           next-character models; 25,600 train / 3,200 validation / 3,200 test names, split
+           fixed by scripts/build_names.py. Each split is one stream "." + "name1." + ... of
+           ids into `vocabulary()` (".abc...z"); x, y int32 (n, context) are windows of it, y the
+           character after each x (jaxbp._names). context=32; split="validation" (the second
+           pair; "test" for the held-out one, used once).
   xor      the 4 XOR points, y float32 (4, 1) targets 0/1; train == test (2-2-1 sigmoid, MSE).
   moons    two interleaved half circles, 2 classes.
            n_train=1000, n_test=500, noise=0.1 (sd of Gaussian noise on x), seed=0.
@@ -47,6 +53,7 @@ from typing import Literal, NamedTuple
 
 import numpy as np
 
+from jaxbp import _names
 from jaxbp._datafiles import (
     MAX_CLASSES,
     MIN_PER_CLASS,
@@ -73,6 +80,7 @@ __all__ = [
     "load_idx",
     "load_npz",
     "names",
+    "vocabulary",
 ]
 
 
@@ -147,8 +155,16 @@ def _spirals(
 
 
 _BUILTIN: dict[str, Callable[..., Split]] = dict(
-    digits=_digits, moons=_moons, spirals=_spirals, xor=_xor
+    digits=_digits, moons=_moons, names=_names.load, spirals=_spirals, xor=_xor
 )
+
+
+def vocabulary(name: str = "names") -> _names.Vocabulary:
+    """The characters of a text dataset (only "names"): .chars, .size, .encode(text) -> int32
+    ids, .decode(ids) -> text; id 0 is ".", the end of a name."""
+    if name != "names":
+        raise ValueError(f"{name!r} has no vocabulary: only 'names' is a text dataset")
+    return _names.vocabulary()
 
 
 def names() -> tuple[str, ...]:
