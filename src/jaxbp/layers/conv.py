@@ -17,6 +17,7 @@ from jax import lax
 
 from jaxbp._types import Array, Params, PRNGKey, Shape
 from jaxbp.layers._base import Layer, _check_input, _describe
+from jaxbp.layers.dense import ghost_sq_norms
 
 Pairs = tuple[tuple[int, int], ...]
 
@@ -240,6 +241,34 @@ class Conv(Layer):
             batch_group_count=self.groups,
         )  # fmt: skip
         return {"W": dW, "b": dy.sum(axis=(0, *axes))}, dx
+
+    # Optional per-example rules (jaxbp.quantities).
+    def per_example_grads(self, params, x, dy):
+        """dW_i, db_i: backward's dparams for example i alone, vmapped (JAX batches the weight
+        gradient's conv by feature groups: one conv, not a loop). (batch, *W.shape), (batch, F)."""
+
+        def one(xi, dyi):
+            return self.backward(params, xi[None], dyi[None])[0]
+
+        return jax.vmap(one)(x, dy)
+
+    def per_example_sq_norms(self, params, x, dy):
+        """||dW_i||^2 + ||db_i||^2, (batch,). dW_i = sum_p patch_p^T dy_p over the P output
+        positions (patch_p: the K = prod(kernel) in inputs a window reads), so with one group
+        its squared norm is the ghost norm sum_{p,q} (patch_p.patch_q)(dy_p.dy_q), taken when
+        P^2 (K + F) < P K F; otherwise (or with groups) from dW_i itself."""
+        nd, batch, F = len(self.kernel_size), x.shape[0], dy.shape[-1]
+        dy2 = dy.reshape(batch, -1, F)
+        P, K = dy2.shape[1], math.prod(self.kernel_size) * x.shape[-1]
+        if self.groups != 1 or P * (K + F) >= K * F:
+            g = self.per_example_grads(params, x, dy)
+            return sum(jnp.sum(jnp.square(a.reshape(batch, -1)), axis=1) for a in (g["W"], g["b"]))
+        patches = lax.conv_general_dilated_patches(
+            x, self.kernel_size, self.strides, self._padding(x.shape[1:-1]),
+            rhs_dilation=self.dilation, dimension_numbers=_dims(nd),
+            precision=lax.Precision.HIGHEST,  # a copy of x: no TF32 rounding on the way
+        ).reshape(batch, P, K)  # fmt: skip
+        return ghost_sq_norms(patches, dy2) + jnp.sum(jnp.square(dy2.sum(1)), axis=1)
 
     @property
     def _spans(self) -> Shape:

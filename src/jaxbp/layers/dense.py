@@ -47,6 +47,44 @@ class Dense(Layer):
             return {"W": weight_grad(x, dy_2d), "b": dy_2d.sum(0)}, dy @ params["W"].T
         return {"W": weight_grad(x, dy), "b": dy.sum(0)}, dy @ params["W"].T
 
+    # Optional per-example rules (jaxbp.quantities): backward's sums, the batch axis kept.
+    def per_example_grads(self, params, x, dy):
+        """dW_i = sum_t x_it^T dy_it: (batch, in, out); db_i = sum_t dy_it: (batch, out)."""
+        x, dy = _per_example_3d(x), _per_example_3d(dy)
+        return {"W": jnp.einsum("bti,bto->bio", x, dy), "b": dy.sum(1)}
+
+    def per_example_sq_norms(self, params, x, dy):
+        """||dW_i||^2 + ||db_i||^2, (batch,), without dW_i where cheaper: one position, ||x_i||^2
+        ||dy_i||^2 (Goodfellow 2015); T positions, the ghost norm sum_{t,s} (x_t.x_s)(dy_t.dy_s)
+        when T^2 (in + out) < T in out, else dW_i itself."""
+        x, dy = _per_example_3d(x), _per_example_3d(dy)
+        (T, n_in), n_out = x.shape[1:], dy.shape[-1]
+        db2 = jnp.sum(jnp.square(dy.sum(1)), axis=1)
+        if T == 1:
+            return jnp.sum(jnp.square(x), (1, 2)) * jnp.sum(jnp.square(dy), (1, 2)) + db2
+        if T * (n_in + n_out) < n_in * n_out:  # the two (T, T) Gram matrices cost less
+            return ghost_sq_norms(x, dy) + db2
+        return jnp.sum(jnp.square(jnp.einsum("bti,bto->bio", x, dy)), axis=(1, 2)) + db2
+
+    def sum_grad_squared(self, params, x, dy):
+        """sum_i dW_i^2 = (x^2)^T (dy^2) for one position (BackPACK's trick), else from dW_i."""
+        if x.ndim == 2:
+            return {"W": jnp.square(x).T @ jnp.square(dy), "b": jnp.sum(jnp.square(dy), 0)}
+        per_example = self.per_example_grads(params, x, dy)
+        return jax.tree.map(lambda g: jnp.sum(jnp.square(g), 0), per_example)
+
+
+def ghost_sq_norms(x, dy):
+    """||sum_t x_t^T dy_t||^2 = sum_{t,s} (x_t.x_s)(dy_t.dy_s) for each example, from the
+    (T, T) Gram matrices, never the (in, out) product. x: (batch, T, in), dy: (batch, T, out)."""
+    gram_x, gram_dy = jnp.einsum("bti,bsi->bts", x, x), jnp.einsum("bto,bso->bts", dy, dy)
+    return jnp.sum(gram_x * gram_dy, axis=(1, 2))
+
+
+def _per_example_3d(a):
+    """(batch, ..., n) -> (batch, T, n): every middle axis is a position of one example."""
+    return a.reshape(a.shape[0], -1, a.shape[-1])
+
 
 def _check_dense(layer: Dense, params, x) -> None:
     W, b = (params.get(k) if isinstance(params, dict) else None for k in ("W", "b"))

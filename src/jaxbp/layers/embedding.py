@@ -52,6 +52,23 @@ class Embedding(Layer):
         dtable = jnp.zeros_like(params["table"]).at[ids].add(dy, mode="drop")
         return {"table": dtable}, np.zeros(ids.shape, dtype=jax.dtypes.float0)
 
+    # Optional per-example rules (jaxbp.quantities): backward's scatter, the batch axis kept.
+    def per_example_grads(self, params, ids, dy):
+        """dtable_i[v] = sum of dy_i over example i's positions with id v: (batch, vocab, F)."""
+        ids, dy = _per_example_rows(self, ids, dy, params["table"].dtype)
+        rows = jnp.arange(ids.shape[0])[:, None]
+        dtable = jnp.zeros((ids.shape[0], *params["table"].shape), dy.dtype)
+        return {"table": dtable.at[rows, ids].add(dy, mode="drop")}
+
+    def per_example_sq_norms(self, params, ids, dy):
+        """||dtable_i||^2 = sum_{t,s: id_t = id_s} dy_t.dy_s (a ghost norm, (T, T) per example)
+        when T^2 < vocab, else from dtable_i: (batch,)."""
+        ids, dy = _per_example_rows(self, ids, dy, params["table"].dtype)
+        if ids.shape[1] ** 2 >= self.num_embeddings:
+            return jnp.sum(jnp.square(self.per_example_grads(params, ids, dy)["table"]), (1, 2))
+        same = (ids[:, :, None] == ids[:, None, :]) & (ids < self.num_embeddings)[:, :, None]
+        return jnp.sum(same * jnp.einsum("btf,bsf->bts", dy, dy), axis=(1, 2))
+
     def check_ids(self, ids: Array) -> None:
         """Raise, eagerly, when an id lies outside 0..num_embeddings-1 (forward gives NaN rows)."""
         ids = np.asarray(ids)
@@ -84,3 +101,11 @@ class Embedding(Layer):
     def _check_dtype(self, ids: Array) -> None:
         if not jnp.issubdtype(ids.dtype, jnp.integer):
             raise TypeError(f"{self!r}: ids must be integers, got dtype {ids.dtype}")
+
+
+def _per_example_rows(layer: Embedding, ids: Array, dy: Array, dtype) -> tuple[Array, Array]:
+    """ids (batch, T) and dy (batch, T, F), every position of an example on one axis; a negative
+    id's dy zeroed, as backward drops it."""
+    ids = ids.reshape(ids.shape[0], -1)
+    dy = dy.reshape(*ids.shape, layer.features)
+    return ids, jnp.where((ids >= 0)[..., None], dy, 0).astype(dtype)

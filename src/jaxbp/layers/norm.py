@@ -23,6 +23,11 @@ def _sum_but_last(a: Array) -> Array:
     return a.reshape(-1, a.shape[-1]).sum(0)
 
 
+def _per_example_sum(a: Array) -> Array:
+    """(batch, ..., C) -> (batch, C): _sum_but_last for each example (per-example gradients)."""
+    return a.reshape(a.shape[0], -1, a.shape[-1]).sum(1)
+
+
 def _mean_last(a: Array) -> Array:
     return jnp.mean(a, axis=-1, keepdims=True)
 
@@ -119,6 +124,10 @@ class LayerNorm(Layer):
         dx = rstd * (g - _mean_last(g) - xhat * _mean_last(g * xhat))
         return {"scale": _sum_but_last(dy * xhat), "bias": _sum_but_last(dy)}, dx
 
+    def per_example_grads(self, params, residuals, dy):
+        """Optional rule (jaxbp.quantities): dscale_i = sum dy_i xhat_i, dbias_i = sum dy_i."""
+        return {"scale": _per_example_sum(dy * residuals[0]), "bias": _per_example_sum(dy)}
+
 
 @dataclasses.dataclass(frozen=True)
 class RMSNorm(Layer):
@@ -148,6 +157,10 @@ class RMSNorm(Layer):
         xhat, rrms = residuals
         g = dy * params["scale"]
         return {"scale": _sum_but_last(dy * xhat)}, rrms * (g - xhat * _mean_last(g * xhat))
+
+    def per_example_grads(self, params, residuals, dy):
+        """Optional rule (jaxbp.quantities): dscale_i = sum dy_i xhat_i."""
+        return {"scale": _per_example_sum(dy * residuals[0])}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -216,6 +229,17 @@ class BatchNorm(Layer):
             return dparams, g * rstd
         n = g.size // g.shape[-1]
         return dparams, rstd / n * (n * g - _sum_but_last(g) - xhat * _sum_but_last(g * xhat))
+
+    def per_example_grads(self, params, residuals, dy):
+        """Optional rule (jaxbp.quantities), evaluation only (the running statistics are
+        constants): dscale_i = sum dy_i xhat_i, dbias_i = sum dy_i. In training the batch's
+        statistics couple the examples, and it raises."""
+        if self.train:
+            raise NotImplementedError(
+                f"{self!r}: in training the batch's mean and variance couple the examples, so "
+                "per-example gradients are undefined; use eval_mode(model) with its state"
+            )
+        return {"scale": _per_example_sum(dy * residuals[0]), "bias": _per_example_sum(dy)}
 
     def _running(self, old: Array, batch: Array) -> Array:
         # Kept in the state's dtype, so a training scan's carry keeps its type.

@@ -1,0 +1,159 @@
+"""First-order quantities per example, by the hand-written rules: gradients, norms, variance.
+
+C = mean_i L_i, and a per-example gradient g_i is the gradient of L_i (no 1/m), so
+grad C = mean_i g_i. One recording sweep (`_leaves.record`) gives every leaf layer its input x
+and its delta dC/d(output), which carries 1/m; each leaf's per-example rule turns them into
+its share of g_i / m, and the model's own backward walk places the shares in the params tree.
+Norms and sums of squares are taken per leaf without keeping g_i where the layer allows (Dense:
+||x_i||^2 ||dy_i||^2; sequences and convolutions: ghost norms), which is exact when leaves own
+disjoint params (Serial, Residual, Parallel); a combinator that shares a matrix between leaves
+(Tied) makes them come from the assembled g_i instead.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jaxbp._types import Array, Grads, Params, PRNGKey
+from jaxbp.layers.combinators import Parallel, Residual, Serial
+from jaxbp.layers.protocol import State, is_combinator
+from jaxbp.quantities._leaves import (
+    Recording,
+    assemble,
+    check_supported,
+    has_params,
+    leaf_per_example_grads,
+    leaf_sq_norms,
+    leaf_sum_grad_squared,
+    record,
+    sq_norms_per_example,
+)  # fmt: skip
+from jaxbp.signals import ByPath, params_at
+
+__all__ = ["per_example_grads", "per_example_norms", "grad_variance", "sum_grad_squared"]
+
+
+def _disjoint(model: Any) -> bool:
+    """True when every combinator only places its children's params (no sharing, no mixing)."""
+    if not is_combinator(model):
+        return True
+    return type(model) in (Serial, Residual, Parallel) and all(
+        _disjoint(child) for _, child in model.sublayers()
+    )
+
+
+def _per_leaf(recording: Recording, rule) -> ByPath:
+    """rule(path, layer, params, x_in, delta, residuals) for every leaf with params, by path."""
+    r = recording
+    return ByPath(
+        (p, rule(p, r.layers[p], r.params[p], r.inputs[p], r.deltas[p], r.residuals[p]))
+        for p in r.layers
+        if has_params(r.params[p])
+    )
+
+
+def _scaled(tree: Any, factor: float) -> Any:
+    return jax.tree.map(lambda a: a * factor, tree)
+
+
+def _grads_of(model: Any, params: Params, recording: Recording) -> Grads:
+    """g_i for every example, params' structure, each leaf (batch, *param.shape)."""
+    shares = _per_leaf(recording, leaf_per_example_grads)
+    return _scaled(assemble(model, params, recording, shares, batched=True), recording.batch)
+
+
+def per_example_grads(
+    model: Any, loss: Any, params: Params, x: Array, y: Array, *,
+    key: PRNGKey | None = None, state: State | None = None,
+) -> Grads:  # fmt: skip
+    """g_i = grad L_i for every example i: params' structure, each leaf (batch, *param.shape);
+    their mean is backprop's gradient. state: a model's state (BatchNorm in eval mode).
+
+    A layer without a per-example rule, or BatchNorm in training (its statistics couple the
+    examples), raises NotImplementedError naming its path.
+    """
+    check_supported(model, params, "per-example gradients")
+    recording = record(model, loss, params, x, y, key=key, state=state)
+    return _grads_of(model, params, recording)
+
+
+def per_example_norms(
+    model: Any, loss: Any, params: Params, x: Array, y: Array, *,
+    key: PRNGKey | None = None, state: State | None = None, per_leaf: bool = False,
+) -> Array | ByPath:  # fmt: skip
+    """||g_i|| over all params: (batch,), computed per leaf layer without materialising g_i
+    where the layer allows (Dense: ||x_i|| ||dy_i||; ghost norms for sequences and convolutions,
+    whichever is cheaper). per_leaf=True: a ByPath {leaf layer path: (batch,) norm of g_i over
+    that layer's params}, layers without params left out; their squares sum to the total's.
+    """
+    check_supported(model, params, "per-example gradient norms")
+    recording = record(model, loss, params, x, y, key=key, state=state)
+    m = recording.batch
+    if _disjoint(model):
+        squares = ByPath((p, m * m * s) for p, s in _per_leaf(recording, leaf_sq_norms).items())
+    else:
+        g = _grads_of(model, params, recording)
+        squares = ByPath(
+            (p, sq_norms_per_example(params_at(g, p)))
+            for p in recording.layers
+            if has_params(params_at(params, p))
+        )
+    if per_leaf:
+        return ByPath((p, jnp.sqrt(s)) for p, s in squares.items())
+    total = sum(squares.values(), jnp.zeros((m,), recording.dy_pred.dtype))
+    return jnp.sqrt(total)
+
+
+def sum_grad_squared(
+    model: Any,
+    loss: Any,
+    params: Params,
+    x: Array,
+    y: Array,
+    *,
+    key: PRNGKey | None = None,
+    state: State | None = None,
+) -> Grads:
+    """sum_i g_i^2, elementwise, params' structure (BackPACK's SumGradSquared); Dense on one
+    position keeps no g_i: m^2 (x^2)^T (dy^2)."""
+    check_supported(model, params, "sums of squared per-example gradients")
+    recording = record(model, loss, params, x, y, key=key, state=state)
+    m = recording.batch
+    if not _disjoint(model):
+        g = _grads_of(model, params, recording)
+        return jax.tree.map(lambda a: jnp.sum(jnp.square(a), 0), g)
+    shares = _per_leaf(recording, leaf_sum_grad_squared)
+    return _scaled(assemble(model, params, recording, shares, batched=False), m * m)
+
+
+def _variance(g: Array) -> Array:
+    """mean_i (g_i - mean g)^2 over the leading axis, centred first (no cancellation)."""
+    return jnp.mean(jnp.square(g - jnp.mean(g, axis=0)), axis=0)
+
+
+def grad_variance(
+    model: Any,
+    loss: Any,
+    params: Params,
+    x: Array,
+    y: Array,
+    *,
+    key: PRNGKey | None = None,
+    state: State | None = None,
+) -> Grads:
+    """mean_i (g_i - grad C)^2, elementwise, params' structure (BackPACK's Variance, whose
+    grad C = mean_i g_i); taken leaf by leaf, so one layer's g_i live at a time."""
+    check_supported(model, params, "the gradient's variance")
+    recording = record(model, loss, params, x, y, key=key, state=state)
+    if not _disjoint(model):
+        return jax.tree.map(_variance, _grads_of(model, params, recording))
+    m = recording.batch
+
+    def variance(*args):
+        return jax.tree.map(lambda g: _variance(m * g), leaf_per_example_grads(*args))
+
+    shares = _per_leaf(recording, variance)
+    return assemble(model, params, recording, shares, batched=False)
