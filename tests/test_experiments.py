@@ -116,12 +116,71 @@ def check_depth(r: dict) -> None:
     assert plain < -0.3 and r["residual"][deepest]["log10_delta_ratio_first_over_last"] > plain
 
 
+def check_char_models(r: dict) -> None:
+    table = r["table"]
+    assert list(table) == ["bigram", "mlp", "lstm", "gpt"]
+    for name, row in table.items():
+        # --quick trains for a few steps: each is a distribution over 27 characters, no worse
+        # than uniform (ln 27 = 3.30 nats/char) by more than a step or two of noise.
+        assert finite(row["validation"], row["test"]) and 0 < row["validation"] < 3.5, name
+        assert len(r["samples"][name]) == 10, name
+    assert 2.4 < table["bigram"]["validation"] < 2.8  # counted exactly: ~2.5 on surnames
+    assert set(r["validation_curves"]) == {"mlp", "lstm", "gpt"}
+
+
+def check_attention_backward(r: dict) -> None:
+    assert r["contexts"] == sorted(r["contexts"]) and len(r["contexts"]) >= 2
+    rows = [r["by_context"][str(t)] for t in r["contexts"]]
+    for row in rows:
+        # float32: the two modes differ in summation order and one exp, ~1e-6 of the gradient
+        assert row["max_rel_grad_diff"] < 1e-4
+        assert row["time_ratio_recomputed_over_saved"] > 0
+        for mode in ("saved", "recomputed"):
+            assert row[mode]["step_s"] > 0 and row[mode]["temp_bytes"] >= 0
+        # p (batch, H, T, T) against lse (batch, H, T): recompute always keeps less
+        assert row["recomputed"]["residual_bytes"] < row["saved"]["residual_bytes"]
+    saved_extra = [
+        row["saved"]["residual_bytes"] - row["recomputed"]["residual_bytes"] for row in rows
+    ]
+    assert saved_extra == sorted(saved_extra)  # the T^2 term grows with T
+
+
+def check_curvature(r: dict) -> None:
+    for name in ("init", "trained"):
+        d = r["diagonal"][name]
+        assert d["hvp_vs_jax_hessian_max_rel_error"] < 1e-12  # float64: rounding only
+        assert 0 < d["ggn_vs_hessian_rel_diff"] and -1 <= d["ggn_hessian_correlation"] <= 1
+        assert len(d["mc_rel_error"]) == len(d["mc_samples"]) and finite(*d["mc_rel_error"])
+    assert set(r["training"]) == {"adam", "sgd", "diag_ggn", "diag_ggn_mc"}
+    for method, t in r["training"].items():
+        s = t["selected"]
+        assert len(s["train_loss"]) == r["config"]["epochs"], method
+        # --quick trains 2 epochs: every method well past chance (10%) on the 360 test digits.
+        assert 0.5 < s["test_accuracy"][-1] <= 1 and finite(*s["test_loss"]), method
+
+
+def check_dp_sgd(r: dict) -> None:
+    private = r["private"]
+    assert list(private) == ["2", "8"]  # --quick's budgets
+    for target, row in private.items():
+        # fit's epsilon after the last epoch is the budget the noise was calibrated to
+        assert abs(row["epsilon"] - float(target)) < 0.01 * float(target), target
+        assert 0.2 < row["test_accuracy_min"] <= row["test_accuracy_max"] <= 1, target
+        assert 0 <= row["clipped_at_end"] <= 1 and 0 <= row["clipped_at_init"] <= 1
+    assert private["2"]["sigma"] > private["8"]["sigma"]  # less budget, more noise
+    assert r["no_privacy"]["test_accuracy"] > 0.8
+
+
 KNOWN = {
     "seed_example": (("factors.png", "cost.png"), check_seed_example),
     "vanishing_gradients": (("per_layer.png", "depth.png"), check_vanishing_gradients),
     "gradient_precision": (("errors.png",), check_gradient_precision),
     "per_example_gradients": (("norms.png", "timing.png"), check_per_example_gradients),
     "depth": (("depth.png",), check_depth),
+    "dp_sgd": (("accuracy.png",), check_dp_sgd),
+    "char_models": (("curves.png",), check_char_models),
+    "attention_backward": (("attention_backward.png",), check_attention_backward),
+    "curvature": (("diagonal.png", "training.png"), check_curvature),
 }
 
 

@@ -30,7 +30,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxbp import _multihost, checkpoint
+from jaxbp import _multihost, _sampling, checkpoint
 from jaxbp._progress import Progress
 from jaxbp._shuffle import permutation
 from jaxbp._types import Array, Params, PRNGKey
@@ -138,9 +138,12 @@ def fit(
             params, state, opt_state = new_params, new_state, new_opt_state
             if eval_data is not None:
                 metrics |= _evaluate(run_eval, params, state, eval_arrays)
+            if hasattr(engine, "epoch_metrics"):  # e.g. DP-SGD's epsilon after all steps so far
+                done = {"steps": (epoch + 1) * steps, "n": len(x), "batch_size": batch_size}
+                metrics |= engine.epoch_metrics(**done)
             metrics["epoch_time"] = time.perf_counter() - t0
             for name, value in metrics.items():
-                history[name].append(value)
+                history.setdefault(name, []).append(value)
             if path is not None and ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs):
                 save = functools.partial(
                     _save, path, params, opt_state, history, key, epoch + 1, state
@@ -227,6 +230,8 @@ def _epoch_with_state(
     def epoch(params, state, opt_state, x, y, key):
         shuffle_key, step_key = jax.random.split(key)
         order = permutation(shuffle_key, len(x))[: steps * batch_size]
+        # The engine itself, or for one that asks for Poisson sampling (DP-SGD) its own batches.
+        grad_fn = _sampling.for_epoch(engine, x, y, batch_size=batch_size, shard=batch)
 
         def step(carry, inputs):
             params, state, opt_state = carry
@@ -236,9 +241,9 @@ def _epoch_with_state(
                 xb, yb = jax.lax.with_sharding_constraint((xb, yb), batch)
             k = jax.random.fold_in(step_key, i)
             if stateful:
-                value, grads, state = engine(model, loss, params, xb, yb, key=k, state=state)
+                value, grads, state = grad_fn(model, loss, params, xb, yb, key=k, state=state)
             else:
-                value, grads = engine(model, loss, params, xb, yb, key=k)
+                value, grads = grad_fn(model, loss, params, xb, yb, key=k)
             updates, opt_state = optimizer.update(grads, opt_state, params)
             return (optax.apply_updates(params, updates), state, opt_state), value
 

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from importlib import metadata
 
-VERBS = ("train", "check", "explain", "bench")
+VERBS = ("train", "sample", "check", "explain", "bench")
 
 
 class UsageError(Exception):

@@ -20,7 +20,8 @@ from jaxbp import _multihost, checkpoint, datasets, losses
 from jaxbp._plot import plot_history
 from jaxbp.backprop import autodiff, backprop
 from jaxbp.cli import UsageError
-from jaxbp.cli.train import RESUMABLE
+from jaxbp.cli._sequence import describe_run, report_baselines, reported, sequence_model
+from jaxbp.cli.train import RESUMABLE, SEQUENCE_MODELS, resolve_defaults
 from jaxbp.layers import IMAGE_PRESETS, init_state, mlp, preset
 from jaxbp.losses import SoftmaxCrossEntropy
 from jaxbp.train import CHECKPOINT_NAME, TrainingDiverged, _validate_data, fit
@@ -30,8 +31,10 @@ def train(args: argparse.Namespace) -> int:
     """Run `jaxbp train`. Every check of the arguments against the data and the model comes
     before the output folder is touched; the folder stays locked while this run writes it."""
     _distributed(args)  # first: jax.distributed must start before any device is used
+    resolve_defaults(args)  # --dataset, --epochs, --lr, ... as --model wants them
     writer = _multihost.is_writer()
-    (x, y), (x_test, y_test), info = _load(args.dataset, args.task, _wants_images(args))
+    images = _wants_images(args)
+    (x, y), (x_test, y_test), info = _load(args.dataset, args.task, images, args.context)
     loss_name = args.loss or ("softmax_cross_entropy" if info.task == "classification" else "mse")
     loss = losses.get(loss_name)
     model = _model(args, info.n_outputs)
@@ -40,6 +43,7 @@ def train(args: argparse.Namespace) -> int:
     state = init_state(model, params)  # () unless a layer keeps state (BatchNorm)
     with_state = {"state": state} if jax.tree.leaves(state) else {}
     _check_fit(args, model, loss, params, (x, y), (x_test, y_test), len(devices))
+    privacy = _check_dp(args, model, loss, params, state, (x, y))  # fills in its defaults
     config = _config(args, task=info.task, loss=loss_name, devices=len(devices))
     if args.resume:  # before the folder is created; the rest is checked under its lock
         _require_run(args.out)
@@ -52,11 +56,16 @@ def train(args: argparse.Namespace) -> int:
                 "nothing to do (give a larger --epochs to train it further)"
             )
             return 0
+        data = f"{args.dataset} ({info.n_train} train, {info.n_test} test, {info.task})"
+        shown = repr(model)
+        if args.model in SEQUENCE_MODELS:  # a GPT's repr runs to a screenful
+            data, shown = describe_run(args, info, params)
         print(
-            f"jaxbp train: {args.dataset} ({info.n_train} train, {info.n_test} test, {info.task}), "
-            f"model {model!r}, loss {loss!r}, {args.optimizer} lr {args.lr:g}, "
-            f"{len(devices)} device(s)"
+            f"jaxbp train: {data}, model {shown}, loss {loss!r}, {args.optimizer} lr "
+            f"{args.lr:g}, {len(devices)} device(s)"
         )
+        if privacy:
+            print(privacy)
         first = (x[: args.batch_size], y[: args.batch_size])
         _report_gradient_check(model, loss, params, *first, key=key, **with_state)
         if start:
@@ -80,7 +89,9 @@ def train(args: argparse.Namespace) -> int:
                 checkpoint_dir=out,
                 checkpoint_every=args.checkpoint_every,
                 resume=args.resume,
-                on_epoch=_metrics_writer(out / "metrics.jsonl", args.resume) if writer else None,
+                on_epoch=reported(args, _metrics_writer(out / "metrics.jsonl", args.resume))
+                if writer
+                else None,
                 **with_state,
             )
         except TrainingDiverged as error:
@@ -90,6 +101,8 @@ def train(args: argparse.Namespace) -> int:
             return 1
         if writer:
             _summarise(history, out, args, time.perf_counter() - t0, steps, start)
+            if args.model in SEQUENCE_MODELS and args.baselines:
+                report_baselines(args, (x, y), (x_test, y_test), history, out)
     return 0
 
 
@@ -120,10 +133,11 @@ def _check_fit(args, model, loss, params, train_data, test_data, n_devices: int)
         )
 
 
-def _load(name, task, images: bool = False):
+def _load(name, task, images: bool = False, context: int | None = None):
     """The data and what it is; --task, when given, says what a file's labels are; images asks
-    digits for (n, 8, 8, 1) arrays, for the convolutional presets."""
+    digits for (n, 8, 8, 1) arrays, for the convolutional presets; context cuts names' windows."""
     options = ({} if task is None else {"task": task}) | ({"images": True} if images else {})
+    options |= {} if context is None else {"context": context}
     train_data, test_data = datasets.load(name, **options)
     return train_data, test_data, datasets.describe((train_data, test_data), name)
 
@@ -282,6 +296,8 @@ def _report_gradient_check(model, loss, params, x, y, **options) -> None:
 
 
 def _model(args, outputs: int):
+    if args.model in SEQUENCE_MODELS:
+        return sequence_model(vars(args))
     if args.model is None:
         return mlp([*args.layers, outputs], args.activation, args.output_activation)
     try:
@@ -292,6 +308,8 @@ def _model(args, outputs: int):
 
 def _optimizer(args, steps: int) -> optax.GradientTransformation:
     lr = optax.cosine_decay_schedule(args.lr, steps) if args.schedule == "cosine" else args.lr
+    if args.model in SEQUENCE_MODELS and args.schedule == "cosine":  # attention needs a warm-up
+        lr = optax.warmup_cosine_decay_schedule(0.0, args.lr, max(steps // 20, 1), steps)
     if args.optimizer == "adamw":
         return optax.adamw(lr, weight_decay=args.weight_decay)
     if args.optimizer == "momentum":
@@ -302,6 +320,10 @@ def _optimizer(args, steps: int) -> optax.GradientTransformation:
 def _engine(args, model, params):
     if args.grad in ("backprop", "autodiff"):
         return args.grad
+    if args.grad == "dp":
+        from jaxbp.quantities.dp import dp_sgd
+
+        return dp_sgd(args.clip_norm, args.noise_multiplier, delta=args.delta)
     from jaxbp import feedback
 
     make = feedback.feedback_alignment if args.grad == "fa" else feedback.direct_feedback_alignment
@@ -346,11 +368,12 @@ def _devices(args):
 
 def _summarise(history, out: Path, args, seconds: float, steps: int, start: int) -> None:
     """Plot, then one line: the epochs this run trained, its speed, the final metrics."""
-    plot_history(
-        history, out / "plot.png", title=f"{args.dataset}: {args.activation} MLP, {args.grad}"
-    )
+    network = args.model if args.model in SEQUENCE_MODELS else f"{args.activation} MLP"
+    plot_history(history, out / "plot.png", title=f"{args.dataset}: {network}, {args.grad}")
     last = {k: v[-1] for k, v in history.items() if v}
     acc = f", test accuracy {last['eval_accuracy']:.2%}" if "eval_accuracy" in last else ""
+    if "epsilon" in last:  # DP-SGD: the privacy spent by every step so far
+        acc += f", epsilon {last['epsilon']:.3g} at delta {args.delta:g}"
     end, times = len(history["loss"]), history["epoch_time"][start:]
     if len(times) > 1:  # the first epoch of a run compiles
         speed = f"{steps / np.median(times[1:]):,.0f} steps/s after compiling"
@@ -363,3 +386,39 @@ def _summarise(history, out: Path, args, seconds: float, steps: int, start: int)
         f"test loss {last.get('eval_loss', float('nan')):.4f}{acc}"
     )
     print(f"wrote {out}/config.json, metrics.jsonl, {CHECKPOINT_NAME}, plot.png")
+
+
+DP_OPTIONS = {"clip_norm": 1.0, "noise_multiplier": 1.0, "delta": 1e-5}  # --grad dp's defaults
+
+
+def _check_dp(args, model, loss, params, state, train_data) -> str:
+    """--grad dp's options (defaults filled in), the accountant's presence, and a model whose
+    examples stay separate; returns a line on the privacy the whole run will spend ('' unless
+    --grad dp)."""
+    given = [f"--{k.replace('_', '-')}" for k in DP_OPTIONS if getattr(args, k) is not None]
+    if args.grad != "dp":
+        if given:
+            raise UsageError(f"{', '.join(given)}: only for --grad dp")
+        return ""
+    for name, default in DP_OPTIONS.items():
+        setattr(args, name, default if getattr(args, name) is None else getattr(args, name))
+    from jaxbp.quantities.dp import dp_sgd
+
+    try:
+        engine = dp_sgd(args.clip_norm, args.noise_multiplier, delta=args.delta)
+    except ImportError as error:
+        raise UsageError(f"--grad dp: {error}") from None
+    (x, y), key = train_data, jax.random.PRNGKey(0)
+    options = {"state": state} if jax.tree.leaves(state) else {}
+    try:  # traced only: a layer that mixes examples (BatchNorm in training) raises here
+        jax.eval_shape(lambda p: engine(model, loss, p, x[:2], y[:2], key=key, **options), params)
+    except (NotImplementedError, ValueError) as error:
+        raise UsageError(f"--grad dp needs per-example gradients: {error}") from None
+    batch, steps = min(args.batch_size, len(x)), len(x) // min(args.batch_size, len(x))
+    total = engine.epoch_metrics(steps=args.epochs * steps, n=len(x), batch_size=batch)
+    spent = f"epsilon {total['epsilon']:.3g}" if total else "no privacy (noise multiplier 0)"
+    return (
+        f"DP-SGD: clip norm {args.clip_norm:g}, noise multiplier {args.noise_multiplier:g}, "
+        f"Poisson batches of expected size {batch} (q = {batch / len(x):.4g}); "
+        f"after {args.epochs} epochs: {spent} at delta {args.delta:g}"
+    )
