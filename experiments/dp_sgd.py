@@ -27,9 +27,8 @@ import numpy as np
 import optax
 from _common import parse_args, plt, save_figure, write_json
 
-from jaxbp import datasets, privacy, softmax_cross_entropy
+from jaxbp import datasets, dp_sgd, privacy, softmax_cross_entropy
 from jaxbp.layers import mlp
-from jaxbp.quantities.dp import dp_sgd
 from jaxbp.train import fit
 
 EPSILONS, QUICK_EPSILONS = (1.0, 2.0, 4.0, 8.0), (2.0, 8.0)  # the usual range of budgets

@@ -2,7 +2,8 @@
 
 Layers and losses carry hand-written backward rules (`jaxbp.layers`, `jaxbp.losses`); `backprop`
 chains them in a reverse sweep; `autodiff` (jax.grad) is the referee; `jaxbp.check` verifies any
-rule; `jaxbp.train` runs compiled training loops with optax.
+rule; the same sweep hands out per-example gradients, their norms, curvature and DP-SGD
+(`jaxbp.quantities`); `jaxbp.train` runs compiled training loops with optax.
 """
 
 from jaxbp import check, checkpoint, datasets, explain, feedback, layers, losses, signals, train
@@ -35,6 +36,8 @@ from jaxbp.layers import (
     serial,
 )
 from jaxbp.losses import binary_cross_entropy, mse, softmax_cross_entropy
+from jaxbp.quantities import grad_variance, per_example_grads, per_example_norms, sum_grad_squared
+from jaxbp.quantities.dp import dp_sgd
 from jaxbp.signals import LayerSignals, backprop_with_signals, signal_stats, to_floats
 
 __version__ = "0.1.0"
@@ -49,4 +52,5 @@ __all__ = [
     "backprop_with_signals", "LayerSignals", "signal_stats", "to_floats",
     "Engine", "engine_from_rules", "feedback_rule", "feedback_alignment",
     "direct_feedback_alignment", "alignment",
+    "per_example_grads", "per_example_norms", "grad_variance", "sum_grad_squared", "dp_sgd",
 ]  # fmt: skip
