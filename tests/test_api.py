@@ -9,7 +9,12 @@ import pytest
 import jaxbp
 
 CONTRACT = {
-    "jaxbp": ["backprop", "autodiff", "to_custom_vjp"],
+    "jaxbp": [
+        "backprop", "autodiff", "to_custom_vjp",
+        # DESIGN.md's "Growth" quantities
+        "per_example_grads", "per_example_norms", "grad_variance", "sum_grad_squared",
+        "diag_ggn", "diag_ggn_mc", "kfac_factors", "hvp", "ggn_vp", "dp_sgd",
+    ],
     "jaxbp.check": ["check_layer", "check_loss", "check_backprop", "check_vjp"],
     "jaxbp.train": ["fit"],
     "jaxbp.datasets": ["load"],
@@ -19,7 +24,7 @@ CONTRACT = {
         # DESIGN.md's "Growth" names
         "Residual", "Parallel", "Dropout", "LayerNorm", "RMSNorm", "BatchNorm", "Embedding",
         "Conv", "MaxPool", "AvgPool", "GlobalAvgPool", "SelfAttention", "LSTM", "GRU", "cnn",
-        "resnet",
+        "resnet", "gpt",
     ],
     "jaxbp.losses": ["mse", "binary_cross_entropy", "softmax_cross_entropy"],
 }  # fmt: skip
@@ -46,6 +51,7 @@ def test_submodule_all_lists_are_importable():
         "jaxbp.train",
         "jaxbp.signals",
         "jaxbp.feedback",
+        "jaxbp.quantities",
     ):
         mod = importlib.import_module(module)
         for name in mod.__all__:

@@ -37,6 +37,7 @@ from jaxbp.layers import (
 )
 from jaxbp.losses import binary_cross_entropy, mse, softmax_cross_entropy
 from jaxbp.quantities import grad_variance, per_example_grads, per_example_norms, sum_grad_squared
+from jaxbp.quantities.curvature import diag_ggn, diag_ggn_mc, ggn_vp, hvp, kfac_factors
 from jaxbp.quantities.dp import dp_sgd
 from jaxbp.signals import LayerSignals, backprop_with_signals, signal_stats, to_floats
 
@@ -53,4 +54,5 @@ __all__ = [
     "Engine", "engine_from_rules", "feedback_rule", "feedback_alignment",
     "direct_feedback_alignment", "alignment",
     "per_example_grads", "per_example_norms", "grad_variance", "sum_grad_squared", "dp_sgd",
+    "diag_ggn", "diag_ggn_mc", "kfac_factors", "hvp", "ggn_vp",
 ]  # fmt: skip

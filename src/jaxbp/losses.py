@@ -9,12 +9,23 @@ The protocol, stated once. A loss is an immutable object with three pure methods
     apply(y_pred, y) -> value
         forward(...)[0].
 
+Optional, for curvature (jaxbp's diag_ggn, diag_ggn_mc, kfac_factors). The Hessian
+d2C/dy_pred2 of each built-in loss is block diagonal, one (k, k) block per position (k: the last
+axis; positions: the axes before it, the batch's included):
+
+    hessian_sqrt(y_pred, y) -> S: (*y_pred.shape, k)
+        S[..., :, c] is column c of a square root of the position's block: sum_c s_c s_c^T = block.
+    hessian_sqrt_sample(y_pred, y, key) -> s: y_pred.shape
+        A random cotangent with E[s s^T] = d2C/dy_pred2 (Monte Carlo: the gradient of C at a
+        label drawn from the model's own predictive distribution, positions independent).
+
 Shapes are validated at trace time: nothing is broadcast silently ((m, 1) against (m,) raises).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
@@ -81,6 +92,18 @@ class MSE(Loss):
     def backward(self, diff, g=1.0):
         return (g / diff.shape[0]) * diff
 
+    def hessian_sqrt(self, y_pred, y):
+        """d2C/dy'2 = I/m: each block's root is I/sqrt(m)."""
+        _check_same_shape(self, y_pred, y)
+        eye = jnp.eye(y_pred.shape[-1], dtype=y_pred.dtype)
+        return jnp.broadcast_to(eye, (*y_pred.shape, y_pred.shape[-1])) / math.sqrt(y_pred.shape[0])
+
+    def hessian_sqrt_sample(self, y_pred, y, key):
+        """s = (y' - y~)/sqrt(m), y~ ~ N(y', I): s = e/sqrt(m), e standard normal."""
+        _check_same_shape(self, y_pred, y)
+        e = jax.random.normal(key, y_pred.shape, y_pred.dtype)
+        return e / math.sqrt(y_pred.shape[0])
+
 
 @dataclasses.dataclass(frozen=True)
 class BinaryCrossEntropy(Loss):
@@ -105,6 +128,19 @@ class BinaryCrossEntropy(Loss):
 
     def backward(self, err, g=1.0):
         return (g / err.shape[0]) * err
+
+    def hessian_sqrt(self, z, y):
+        """d2C/dz2 = diag(s(z)(1 - s(z)))/m: each block's root is diag(sqrt(s(1 - s)/m))."""
+        _check_same_shape(self, z, y)
+        root = jnp.sqrt(jax.nn.sigmoid(z) * jax.nn.sigmoid(-z) / z.shape[0])
+        return root[..., None] * jnp.eye(z.shape[-1], dtype=z.dtype)
+
+    def hessian_sqrt_sample(self, z, y, key):
+        """s = (s(z) - b)/sqrt(m), b ~ Bernoulli(s(z)) per output: E[s^2] = s(1 - s)/m."""
+        _check_same_shape(self, z, y)
+        p = jax.nn.sigmoid(z)
+        b = jax.random.bernoulli(key, p).astype(z.dtype)
+        return (p - b) / math.sqrt(z.shape[0])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,6 +172,29 @@ class SoftmaxCrossEntropy(Loss):
         p, target, mass = residuals
         grad = p - target if mass is None else p * mass - target
         return (g / _positions(p)) * grad
+
+    def hessian_sqrt(self, z, y):
+        """Block mass/N (diag p - p p^T), mass = sum_j y_j (1 for class labels); its root
+        sqrt(mass/N) (diag sqrt(p) - p sqrt(p)^T): column c is sqrt(p_c) (e_c - p)."""
+        p, scale = self._curvature_terms(z, y)
+        eye = jnp.eye(z.shape[-1], dtype=z.dtype)
+        return scale[..., None] * (eye - p[..., :, None]) * jnp.sqrt(p)[..., None, :]
+
+    def hessian_sqrt_sample(self, z, y, key):
+        """s = sqrt(mass/N) (p - onehot(c)), c ~ Categorical(p) per position: E[s s^T] = block."""
+        p, scale = self._curvature_terms(z, y)
+        c = jax.random.categorical(key, z, axis=-1)  # z: the logits of p
+        return scale * (p - jax.nn.one_hot(c, z.shape[-1], dtype=z.dtype))
+
+    def _curvature_terms(self, z, y):
+        """p = softmax(z) and sqrt(mass/N), (..., 1), which scales the Hessian's root."""
+        self._check(z, y)
+        p = jax.nn.softmax(z, axis=-1)
+        if jnp.issubdtype(y.dtype, jnp.integer):
+            mass = jnp.ones((*z.shape[:-1], 1), z.dtype)
+        else:
+            mass = jnp.sum(y.astype(z.dtype), axis=-1, keepdims=True)
+        return p, jnp.sqrt(mass / _positions(z))
 
     def _check(self, z, y):
         _check_pred(self, z)

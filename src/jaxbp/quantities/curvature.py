@@ -1,0 +1,245 @@
+"""Curvature of C = mean_i L_i, by the hand-written rules: Hessian- and GGN-vector products, the
+diagonal of the generalised Gauss-Newton matrix (exact and Monte Carlo), and K-FAC factors.
+
+The GGN is G = J^T H J: J = dy_pred/dparams, H = d2C/dy_pred2, the loss's Hessian, block
+diagonal over examples and positions. G keeps the curvature of the loss and drops the model's
+own (second derivatives of the layers), so it is positive semi-definite where the Hessian is not.
+
+- hvp: H_C v by Pearlmutter's R-op, jax.jvp of `backprop`'s gradient along v (forward over
+  reverse): the tangent runs through every hand-written backward rule.
+- ggn_vp: J v by jax.jvp of the forward pass, H (J v) by jax.jvp of the loss's hand-written
+  backward, J^T (H J v) by the model's hand-written backward: one sweep.
+- diag_ggn: with H = sum_j s_j s_j^T over cotangent columns (`loss.hessian_sqrt`), and every
+  backward rule linear in its cotangent, diag G = sum_j sum_i (J_i^T s_j)^2: one backward sweep
+  per column, each leaf splitting its gradient per example by its own rule. diag_ggn_mc draws the
+  columns (`loss.hessian_sqrt_sample`), an unbiased estimate at `samples` sweeps.
+- kfac_factors: per Dense and Conv layer, G's block for [W; b] approximated as A (x) G.
+
+The diagonal quantities and K-FAC need per-example gradients, so BatchNorm in training mode (which
+couples the examples) raises, naming its path; hvp and ggn_vp are exact for it too.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jaxbp._types import Array, Params, PRNGKey
+from jaxbp.backprop import backprop
+from jaxbp.layers.combinators import Parallel, Residual, Serial
+from jaxbp.layers.conv import Conv, _dims
+from jaxbp.layers.dense import Dense
+from jaxbp.layers.norm import BatchNorm
+from jaxbp.layers.protocol import State, forward_state, is_combinator, leaves, path_str
+from jaxbp.quantities._columns import columns, sum_over_columns
+from jaxbp.quantities._leaves import (
+    assemble,
+    check_supported,
+    deltas_for,
+    has_params,
+    leaf_per_example_grads,
+    leaf_sum_grad_squared,
+    record,
+)  # fmt: skip
+from jaxbp.signals import ByPath
+
+__all__ = ["hvp", "ggn_vp", "diag_ggn", "diag_ggn_mc", "kfac_factors"]
+
+
+def _check_direction(params: Params, v: Params, what: str) -> None:
+    """v must be a tangent of params: the same tree, shapes and floating dtypes."""
+    if jax.tree.structure(v) != jax.tree.structure(params):
+        raise ValueError(
+            f"{what}: v must have the params' tree structure {jax.tree.structure(params)}, "
+            f"got {jax.tree.structure(v)}"
+        )
+    for (path, p), u in zip(jax.tree_util.tree_leaves_with_path(params), jax.tree.leaves(v)):
+        if jnp.shape(u) != jnp.shape(p) or not jnp.issubdtype(jnp.result_type(u), jnp.floating):
+            raise ValueError(
+                f"{what}: v{jax.tree_util.keystr(path)} must be a float array of shape "
+                f"{jnp.shape(p)}, got {jnp.result_type(u)} {jnp.shape(u)}"
+            )
+
+
+def hvp(
+    model: Any, loss: Any, params: Params, x: Array, y: Array, v: Params, *,
+    key: PRNGKey | None = None, state: State = None,
+) -> Params:  # fmt: skip
+    """H v, H = d2C/dparams2: jax.jvp of backprop's gradient along v (Pearlmutter's R-op run
+    through the hand-written backward rules). v: a tree like params; returns one like params.
+    With state=..., C is the cost of the forward that reads it (BatchNorm in training uses the
+    batch's statistics, exactly); the updated state is dropped."""
+    _check_direction(params, v, "hvp")
+
+    def grad(p):
+        return backprop(model, loss, p, x, y, key=key, state=state)[1]
+
+    return jax.jvp(grad, (params,), (v,))[1]
+
+
+def ggn_vp(
+    model: Any, loss: Any, params: Params, x: Array, y: Array, v: Params, *,
+    key: PRNGKey | None = None, state: State = None,
+) -> Params:  # fmt: skip
+    """G v = J^T H J v: J v by jax.jvp of the forward pass, H (J v) by jax.jvp of the loss's
+    hand-written backward at y_pred, then J^T by the model's hand-written backward, one sweep.
+    J is the whole batch's Jacobian, so BatchNorm in training (state=...) is exact too."""
+    _check_direction(params, v, "ggn_vp")
+
+    def forward(p):
+        if state is None:
+            return model.forward(p, x, key=key)
+        y_pred, residuals, _ = forward_state(model, p, state, x, key=key)
+        return y_pred, residuals
+
+    y_pred, jv, residuals = jax.jvp(forward, (params,), (v,), has_aux=True)
+
+    def dloss(z):  # dC/dy_pred by the loss's own rule; its jvp is H (J v)
+        return loss.backward(loss.forward(z, y)[1])
+
+    hjv = jax.jvp(dloss, (y_pred,), (jv,))[1]
+    return model.backward(params, residuals, hjv)[0]
+
+
+def _disjoint(model: Any) -> bool:
+    """True when every combinator only places its children's params (none shared, as Tied's)."""
+    if not is_combinator(model):
+        return True
+    return type(model) in (Serial, Residual, Parallel) and all(
+        _disjoint(child) for _, child in model.sublayers()
+    )
+
+
+def _diagonal(
+    what: str, model: Any, loss: Any, params: Params, x: Array, y: Array,
+    key: PRNGKey | None, state: State, samples: int | None,
+) -> Params:  # fmt: skip
+    """sum_j sum_i (J_i^T s_j)^2 over the columns s_j, in a tree like params. Leaves owning
+    disjoint params square their own per-example gradients (Dense: (x^2)^T d^2, none kept);
+    shared params (Tied) square each example's assembled gradient."""
+    check_supported(model, params, f"{what}'s per-example terms")  # before any work
+    rec = record(model, loss, params, x, y, key=key, state=state)
+    sample_key = None if samples is None else jax.random.split(key)[1]  # apart from the model's
+    n, column = columns(loss, rec.y_pred, y, sample_key, samples, what)
+    disjoint = _disjoint(model)
+
+    def one_column(j):
+        deltas = deltas_for(model, params, rec, column(j))
+        rule = leaf_sum_grad_squared if disjoint else leaf_per_example_grads
+        values = ByPath(
+            (p, rule(p, rec.layers[p], rec.params[p], rec.inputs[p], deltas[p], rec.residuals[p]))
+            for p in rec.layers
+            if has_params(rec.params[p])
+        )
+        if disjoint:
+            return assemble(model, params, rec, values, batched=False)
+        per_example = assemble(model, params, rec, values, batched=True)
+        return jax.tree.map(lambda g: jnp.sum(g * g, axis=0), per_example)
+
+    return sum_over_columns(n, one_column, params)
+
+
+def diag_ggn(
+    model: Any, loss: Any, params: Params, x: Array, y: Array, *,
+    key: PRNGKey | None = None, state: State = None,
+) -> Params:  # fmt: skip
+    """The diagonal of the GGN of C, exactly: sum over examples i and over the P k columns s of
+    the loss Hessian's root (P positions, k classes) of (J_i^T s)^2, one backward sweep per
+    column. Returns a tree like params. The loss needs hessian_sqrt (every built-in has it)."""
+    return _diagonal("diag_ggn", model, loss, params, x, y, key, state, None)
+
+
+def diag_ggn_mc(
+    model: Any, loss: Any, params: Params, x: Array, y: Array, key: PRNGKey, *,
+    samples: int = 1, state: State = None,
+) -> Params:  # fmt: skip
+    """A Monte Carlo estimate of diag_ggn, unbiased, from `samples` backward sweeps: column t is
+    the gradient of C at labels drawn from the model's own prediction, so E[s s^T] = H (draw t
+    from fold_in(split(key)[1], t)). key also feeds the model's stochastic layers, as backprop's
+    does. Its variance grows where the model is confident: a rare draw gives a large column."""
+    if key is None:
+        raise ValueError("diag_ggn_mc: needs a key for its Monte Carlo draws, got None")
+    return _diagonal("diag_ggn_mc", model, loss, params, x, y, key, state, samples)
+
+
+def kfac_factors(
+    model: Any, loss: Any, params: Params, x: Array, y: Array, *,
+    key: PRNGKey | None = None, state: State = None, samples: int | None = None,
+) -> ByPath:  # fmt: skip
+    """K-FAC factors of every Dense and Conv layer (groups=1), by path: {"A": A, "G": G}.
+
+    a = [x, 1]: the layer's input row (a Conv's patch, ordered as W.reshape(-1, features)) with a
+    one appended for the bias; A = mean over examples and positions of a a^T: (in + 1, in + 1).
+    G = sum over examples, positions and loss-Hessian columns s_j of d_j d_j^T, d_j the delta
+    at the layer's output under s_j (it carries C's 1/m): (features, features).
+    The GGN block of theta = [W.reshape(-1, features); b] (row-major) is ~ kron(A, G), exactly
+    for one example at one position. samples=n draws n Monte Carlo columns (key needed) instead
+    of the exact P k. Other layers with params get no factors."""
+    if samples is not None and key is None:
+        raise ValueError("kfac_factors: samples=... draws Monte Carlo columns and needs a key")
+    _refuse_batchnorm_in_training(model)  # before any work
+    rec = record(model, loss, params, x, y, key=key, state=state)
+    rows = {
+        path: _input_rows(path, layer, rec.inputs[path])
+        for path, layer in rec.layers.items()
+        if isinstance(layer, (Dense, Conv))
+    }
+    sample_key = None if samples is None else jax.random.split(key)[1]
+    n, column = columns(loss, rec.y_pred, y, sample_key, samples, "kfac_factors")
+
+    def one_column(j):
+        deltas = deltas_for(model, params, rec, column(j))
+        return {path: _second_moment(deltas[path], 1.0) for path in rows}
+
+    like = {path: jnp.zeros((rec.deltas[path].shape[-1],) * 2, rec.y_pred.dtype) for path in rows}
+    Gs = sum_over_columns(n, one_column, like)
+    return ByPath(
+        (p, {"A": _second_moment(a, 1 / a.shape[0]), "G": Gs[p]}) for p, a in rows.items()
+    )
+
+
+def _refuse_batchnorm_in_training(model: Any) -> None:
+    for path, layer in leaves(model):
+        if isinstance(layer, BatchNorm) and layer.train:
+            raise NotImplementedError(
+                f"kfac_factors: layer {path_str(path)} {layer!r}: in training, BatchNorm's batch "
+                "statistics couple the examples, so the factors' per-example terms are undefined; "
+                "use eval_mode(model) with its state"
+            )
+
+
+def _second_moment(rows: Array, scale: float) -> Array:
+    """scale * sum over every leading axis of r r^T, for r the last axis: (n,) -> (n, n)."""
+    flat = rows.reshape(-1, rows.shape[-1])
+    return scale * (flat.T @ flat)
+
+
+def _input_rows(path: tuple, layer: Any, x: Array) -> Array:
+    """a = [x, 1] per example and position, (rows, in + 1); a Conv's x is its patches first."""
+    if isinstance(layer, Conv):
+        if layer.groups != 1:
+            raise NotImplementedError(
+                f"kfac_factors: layer {path_str(path)} {layer!r} has groups={layer.groups}; "
+                "its factors would be one pair per group, not implemented (groups=1 only)"
+            )
+        x = _patches(layer, x)
+    flat = x.reshape(-1, x.shape[-1])
+    return jnp.concatenate([flat, jnp.ones((flat.shape[0], 1), flat.dtype)], axis=1)
+
+
+def _patches(layer: Conv, x: Array) -> Array:
+    """The input window each output position reads: (batch, *spatial', k_1...k_n in), ordered as
+    W.reshape(-1, features) (kernel offsets, then input channels), so y = patches @ W + b."""
+    nd = len(layer.kernel_size)
+    patches = lax.conv_general_dilated_patches(
+        x, layer.kernel_size, layer.strides, layer._padding(tuple(x.shape[1:-1])),
+        rhs_dilation=layer.dilation, dimension_numbers=_dims(nd),
+        precision=lax.Precision.HIGHEST,  # a copy of x: no TF32 rounding on the way
+    )  # fmt: skip
+    # lax orders each patch channel first, (in, *kernel); W's rows run kernel first, (*kernel, in).
+    lead, c = patches.shape[:-1], x.shape[-1]
+    patches = patches.reshape(*lead, c, -1)
+    return jnp.swapaxes(patches, -1, -2).reshape(*lead, -1)
