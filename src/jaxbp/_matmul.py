@@ -4,10 +4,11 @@ XLA:CPU sends a plain row-major product to YNNPACK, but x^T dy as written (contr
 both operands) to Eigen, which is slower: 1.2x for 512x1024 @ 512x1024, and 4-8x for narrow
 outputs (512x1024 @ 512x10: 4.8 ms against 0.6 ms). On CPU we therefore hand XLA a layout it
 runs fast, behind an optimization barrier so it cannot fold the transpose back into the dot:
-(dy^T x)^T for narrow outputs, a copied x^T for large products. The copy does not pay for every
-shape (128x256 @ 128x256 and 512x784 @ 512x1024 run 4-11% slower with it); it does on all four
-benchmark models. Other platforms get x.T @ dy as written: GPU and TPU matmuls take transposed
-operands for free. Same mathematics on every path; summation order aside, the same numbers.
+(dy^T x)^T for narrow outputs, a copied x^T for large products, or dy^T when dy is the narrower
+operand. The copy does not pay for every shape (128x256 @ 128x256 and 512x784 @ 512x1024 run
+4-11% slower with it); it does on all four MLP benchmark models. Other platforms get x.T @ dy as
+written: GPU and TPU matmuls take transposed operands for free. Same mathematics on every path;
+summation order aside, the same numbers.
 Re-measure after a jax upgrade: `python benchmarks/weight_grad_layouts.py`.
 """
 
@@ -26,7 +27,12 @@ def cpu_layout(batch: int, n_in: int, n_out: int) -> str:
     """Which layout _cpu uses for x: (batch, n_in), dy: (batch, n_out): plain, narrow or large."""
     if n_out <= NARROW and batch * n_in >= NARROW_MIN_ROWS_X_IN:
         return "narrow"
-    return "large" if batch * n_in * n_out >= LARGE else "plain"
+    if batch * n_in * n_out < LARGE:
+        return "plain"
+    # Large: copy the narrower operand's transpose. A wide x^T copy fused with its producer (GPT's
+    # GELU output, 2048x512 against dy 2048x128) runs as a strided loop, 1.3x plain's time;
+    # (dy^T x)^T takes 0.6x.
+    return "narrow" if n_out < n_in else "large"
 
 
 def _cpu(x: Array, dy: Array) -> Array:

@@ -2,9 +2,10 @@
 
 Every comparison runs in one process, interleaved in rotating order, after warm-up; the tables
 report paired ratios as medians with their 95% confidence interval and the interquartile range,
-because this machine is shared and noisy. Two kinds of config: MLPs (`mlp.Config`, also the
+because this machine is shared and noisy. Three kinds of config: MLPs (`mlp.Config`, also the
 epoch, roofline and NumPy measurements) and convolutional nets with BatchNorm's state carried
-(`vision.VisionConfig`, with PyTorch eager and torch.compile as peers).
+(`vision.VisionConfig`, with PyTorch eager and torch.compile as peers); and sequence models, a
+GPT and a character LSTM (`sequence.SequenceConfig`, nn.LSTM a peer too).
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxbp.bench import mlp, vision
+from jaxbp.bench import mlp, sequence, vision
 from jaxbp.bench._timing import compile_seconds, interleaved, ratio
 from jaxbp.bench.mlp import SETTLE_SECONDS, Config, _problem, _stepper
+from jaxbp.bench.sequence import SequenceConfig
 from jaxbp.bench.vision import VisionConfig
 from jaxbp.losses import get as get_loss
 from jaxbp.train import make_step
@@ -30,7 +32,8 @@ __all__ = [
     "Config", "VisionConfig", "CONFIGS", "parse_config", "run_config", "run", "to_markdown",
 ]  # fmt: skip
 
-from jaxbp.bench._report import summarize, to_markdown  # noqa: E402
+from jaxbp.bench._report import summarize  # noqa: E402
+from jaxbp.bench._report import to_markdown as _to_markdown  # noqa: E402
 
 GRADIENT_SECONDS = 8.0  # of interleaved sampling for backprop against jax.grad, per config
 STEP_SECONDS = 4.0  # the same for the training step: two candidates, not three
@@ -41,6 +44,7 @@ CONFIGS: dict[str, Config | VisionConfig] = {
     "wide": Config("wide", 784, (1024, 1024, 10), "relu", "softmax_cross_entropy", 512),
     "deep": Config("deep", 32, (64,) * 16 + (1,), "tanh", "mse", 64),
     **vision.CONFIGS,
+    **sequence.CONFIGS,
 }
 
 
@@ -64,7 +68,7 @@ def parse_config(spec: str) -> Config:
 
 def _stateful_problem(config: Config | VisionConfig):
     """(model, loss, params, state, x, y); state is None for a model that keeps none."""
-    if isinstance(config, VisionConfig):
+    if isinstance(config, (VisionConfig, SequenceConfig)):
         return config.problem()
     model, loss, params, x, y = _problem(config)
     return model, loss, params, None, x, y
@@ -97,6 +101,8 @@ def step_times(config: Config | VisionConfig, reps: int, seconds: float = 0.0) -
     """A full optax SGD step, buffers donated, with each gradient engine."""
     if isinstance(config, VisionConfig):
         fns = vision.step_candidates(config)
+    elif isinstance(config, SequenceConfig):
+        fns = sequence.step_candidates(config)
     else:
         model, loss, params, x, y = _problem(config)
         opt = optax.sgd(1e-3)
@@ -127,9 +133,9 @@ def run_config(
         "gradient": lambda: gradient_times(config, reps if quick else 3 * reps, grad_seconds),
         "step": lambda: step_times(config, reps, step_seconds),
     }
-    if isinstance(config, VisionConfig):  # torch.compile takes a minute to compile: not in quick
-        settle = SETTLE_SECONDS
-        phases["peers"] = lambda: vision.peer_times(config, reps, settle=settle, compiled=not quick)
+    if isinstance(config, (VisionConfig, SequenceConfig)):  # torch.compile: not in quick
+        settle, peers = SETTLE_SECONDS, (vision if isinstance(config, VisionConfig) else sequence)
+        phases["peers"] = lambda: peers.peer_times(config, reps, settle=settle, compiled=not quick)
     else:
         phases["epoch"] = lambda: mlp.epoch_times(config, max(3, reps // 4), steps)
         phases["peers"] = lambda: mlp.peer_times(config, reps)
@@ -185,3 +191,10 @@ def run(
         report(f"benchmarking {config.name}: {config.describe()} ...")
         results["configs"][config.name] = run_config(config, quick=quick, report=report)
     return results
+
+
+def to_markdown(results: dict) -> str:
+    """Every table; the sequence configs get one more, with nn.LSTM and the jax.grad step."""
+    seq = {n: r for n, r in results["configs"].items() if "jax_grad_s" in r.get("peers", {})}
+    text = _to_markdown(results)
+    return f"{text}\n\n{sequence.to_markdown(seq)}" if seq else text

@@ -110,7 +110,11 @@ def to_markdown(results: dict) -> str:
                 f"| {name} | {_t(e['scan_step_s'])} | {_t(e['loop_step_s'])} | {_r(e['ratio'])} | "
                 f"{_t(e['numpy_step_s'])} | {_r(e['numpy_over_scan'])} | {torch} |"
             )
-    convnets = {n: r for n, r in results["configs"].items() if "epoch" not in r}
+    convnets = {
+        n: r
+        for n, r in results["configs"].items()
+        if "epoch" not in r and "jax_grad_s" not in r.get("peers", {})
+    }
     if convnets:
         lines += ["", _vision_peers(convnets)]
     roof = {n: r["roofline"] for n, r in results["configs"].items() if "roofline" in r}

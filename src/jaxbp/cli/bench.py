@@ -10,14 +10,18 @@ configs: seed (2-2-1 sigmoid, MSE, batch 4), digits (64-128-128-10 relu, softmax
 wide (784-1024-1024-10 relu, batch 512), deep (32 -> 16 x 64 tanh -> 1, MSE, batch 64);
 convolutional, BatchNorm's state carried, PyTorch eager and torch.compile as peers (no epoch or
 roofline): cnn (the cnn preset on 8x8 digits, batch 128), resnet (8 residual blocks at 16-32
-channels on random 32x32x3 images, batch 64).
+channels on random 32x32x3 images, batch 64); sequence models on next-token prediction, PyTorch
+eager and torch.compile as peers: gpt (4 layers, 128 features, 4 heads, context 32, vocab 28,
+batch 64), lstm (char_rnn: embedding 64, LSTM 256, T 32, batch 64; nn.LSTM a peer too).
 
 examples:
   jaxbp bench --quick
   jaxbp bench --configs digits wide --out runs/bench-wide
   jaxbp bench --configs cnn resnet --out runs/bench-vision
+  jaxbp bench --configs gpt lstm --out runs/bench-sequence
   jaxbp bench --out benchmarks/results --overwrite      # refresh the committed results
   jaxbp bench --model 784:1024,1024,10:relu:softmax_cross_entropy:512
+  jaxbp bench --quantities --out runs/bench-quantities   # vs vmap(jax.grad), BackPACK, Opacus
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import argparse
 from pathlib import Path
 
 HELP = "benchmark backprop against jax.grad, NumPy and PyTorch"
-CONFIG_NAMES = ("seed", "digits", "wide", "deep", "cnn", "resnet")
+CONFIG_NAMES = ("seed", "digits", "wide", "deep", "cnn", "resnet", "gpt", "lstm")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -51,6 +55,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--out", type=Path, default=Path("runs/bench"), help="output folder (default runs/bench)"
     )
     parser.add_argument("--overwrite", action="store_true", help="replace results already in --out")
+    parser.add_argument(
+        "--quantities",
+        nargs="*",
+        choices=("first_order", "curvature", "dp"),
+        default=None,
+        metavar="GROUP",
+        help="instead, time per-example, curvature and DP quantities against vmap(jax.grad), "
+        "BackPACK and Opacus (groups: first_order curvature dp; default all) on the MLP configs "
+        "and cnn (default digits wide cnn; with --quick: digits); writes quantities.json/.md",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -62,7 +76,10 @@ def run(args: argparse.Namespace) -> int:
 
     customs = [bench.parse_config(spec) for spec in args.model]
     names = args.configs or (["seed", "digits"] if args.quick else list(CONFIG_NAMES))
-    files = [args.out / "results.json", args.out / "results.md"]
+    stem, measure, markdown = "results", bench.run, bench.to_markdown
+    if args.quantities is not None:  # the quantity benchmark instead, into files of its own
+        stem, measure, markdown, names = _quantities(args, bool(customs))
+    files = [args.out / f"{stem}.json", args.out / f"{stem}.md"]
     if not args.overwrite and any(f.exists() for f in files):  # before minutes of measuring
         raise UsageError(f"{args.out} already holds results; pass --overwrite or another --out")
     try:  # a folder we cannot write is found now, not after the measuring
@@ -74,10 +91,25 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(
             f"cannot write to output folder {args.out}: {error.strerror or error}"
         ) from None
-    results = bench.run([bench.CONFIGS[n] for n in names] + customs, quick=args.quick)
-    table = bench.to_markdown(results)
+    results = measure([bench.CONFIGS[n] for n in names] + customs, quick=args.quick)
+    table = markdown(results)
     atomic_write(files[0], lambda f: f.write(json.dumps(results, indent=2).encode()))
     atomic_write(files[1], lambda f: f.write((table + "\n").encode()))
     print(table)
-    print(f"\nwrote {args.out}/results.json and results.md")
+    print(f"\nwrote {args.out}/{stem}.json and {stem}.md")
     return 0
+
+
+def _quantities(args: argparse.Namespace, customs: bool) -> tuple:
+    """(file stem, measure, to_markdown, config names) of `--quantities [GROUP ...]`."""
+    from functools import partial
+
+    from jaxbp import bench
+    from jaxbp.bench import quantities
+
+    default = [] if customs else ["digits"] if args.quick else list(quantities.DEFAULT_CONFIGS)
+    groups = tuple(args.quantities) or quantities.GROUPS
+    for name in args.configs or default:  # resnet's BatchNorm: refused before any measuring
+        quantities.check(bench.CONFIGS[name])
+    measure = partial(quantities.run, groups=groups)
+    return "quantities", measure, quantities.to_markdown, args.configs or default

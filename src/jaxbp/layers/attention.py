@@ -78,8 +78,7 @@ class SelfAttention(Layer):
         _check_input(self, x, min_ndim=2)
         self._check_channels(x.shape[-1], f"input shape {tuple(x.shape)}")
         _check_params(self, params, x.shape[-1])
-        qkv = x @ params["W_qkv"] + params["b_qkv"]
-        q, k, v = (self._split(a) for a in jnp.split(qkv, 3, axis=-1))
+        q, k, v = self._split(x @ params["W_qkv"] + params["b_qkv"], 3)
         s = self._scores(q, k)
         m = lax.stop_gradient(jnp.max(s, axis=-1, keepdims=True))  # finite: s[i, i] is never masked
         e = jnp.exp(s - m)
@@ -99,13 +98,16 @@ class SelfAttention(Layer):
     def backward(self, params, residuals, dy):
         x, q, k, v, o = (residuals[n] for n in ("x", "q", "k", "v", "o"))
         if self.recompute:  # p = exp(s - lse): the forward's softmax, without its (T, T) residual
-            p = jnp.exp(self._scores(q, k) - residuals["lse"][..., None])
+            # The barrier keeps XLA's common-subexpression pass from merging this q k^T with the
+            # forward's in one jitted step, which would keep the (T, T) scores alive after all.
+            q, k, lse = lax.optimization_barrier((q, k, residuals["lse"]))
+            p = jnp.exp(self._scores(q, k) - lse[..., None])
         else:
             p = residuals["p"]
         C = x.shape[-1]
         # y = o W_out + b_out
         dW_out, db_out = weight_grad(o.reshape(-1, C), dy.reshape(-1, C)), dy.reshape(-1, C).sum(0)
-        do = self._split(dy @ params["W_out"].T)
+        (do,) = self._split(dy @ params["W_out"].T)
         # o = p v
         dp, dv = jnp.einsum("bhid,bhjd->bhij", do, v), jnp.einsum("bhij,bhid->bhjd", p, do)
         # p = softmax(s)
@@ -115,7 +117,7 @@ class SelfAttention(Layer):
         dq = jnp.einsum("bhij,bhjd->bhid", ds, k) * scale
         dk = jnp.einsum("bhij,bhid->bhjd", ds, q) * scale
         # qkv = x W_qkv + b_qkv
-        dqkv = jnp.concatenate([self._merge(a) for a in (dq, dk, dv)], axis=-1)
+        dqkv = self._merge(dq, dk, dv)
         dqkv_2d = dqkv.reshape(-1, 3 * C)
         dparams = {
             "W_qkv": weight_grad(x.reshape(-1, C), dqkv_2d),
@@ -136,15 +138,15 @@ class SelfAttention(Layer):
         allowed = jnp.arange(T)[:, None] >= jnp.arange(T)[None, :]  # j <= i
         return jnp.where(allowed, s, -jnp.inf)
 
-    def _split(self, a: Array) -> Array:
-        """(batch, T, C) -> (batch, H, T, d)."""
-        b, T, C = a.shape
-        return a.reshape(b, T, self.num_heads, C // self.num_heads).transpose(0, 2, 1, 3)
+    def _split(self, a: Array, n: int = 1) -> tuple[Array, ...]:
+        """(batch, T, nC) = [a_1 | ... | a_n] -> n arrays (batch, H, T, d), one transpose."""
+        b, T, _ = a.shape
+        return tuple(a.reshape(b, T, n, self.num_heads, -1).transpose(2, 0, 3, 1, 4))
 
-    def _merge(self, a: Array) -> Array:
-        """(batch, H, T, d) -> (batch, T, C)."""
-        b, H, T, d = a.shape
-        return a.transpose(0, 2, 1, 3).reshape(b, T, H * d)
+    def _merge(self, *arrays: Array) -> Array:
+        """n arrays (batch, H, T, d) -> (batch, T, nC) = [a_1 | ... | a_n], one transpose."""
+        b, H, T, d = arrays[0].shape
+        return jnp.stack(arrays, 1).transpose(0, 3, 1, 2, 4).reshape(b, T, -1)
 
     def _check_channels(self, C: int, what: str) -> None:
         if C % self.num_heads:

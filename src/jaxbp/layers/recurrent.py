@@ -2,9 +2,12 @@
 backpropagation through time (BPTT) written gate by gate as a reverse scan.
 
 Every cell shares one layout: params {"W": (in, kF), "U": (F, kF), "b": (kF,)}, k gates side by
-side. The input projections x_t W + b of all steps are one matmul before the forward scan, and
+side. The input projections x_t W of all steps are one matmul before the forward scan, and
 dW = sum_t x_t^T dz_t, dU = sum_t h_{t-1}^T dz'_t, dx = dz W^T are matmuls over all steps after
-the backward scan: only the h-to-h products must run step by step.
+the backward scan: only the h-to-h products must run step by step. Layouts, for XLA:CPU: the
+projection reads x time-major, so its (T, batch, kF) output needs no transpose; the parameter
+gradients read the backward scan's time-major dz as it comes (transposing the narrower x and
+h_{t-1} instead); U^T and W^T are copied once, so the products with them are plain row-major.
 """
 
 from __future__ import annotations
@@ -34,6 +37,11 @@ def _shift(h: Array) -> Array:
 
 def _flat(a: Array) -> Array:
     return a.reshape(-1, a.shape[-1])
+
+
+def _transposed(a: Array) -> Array:
+    """A copy of a^T: a product with it is row-major, where a^T folded into the dot is not."""
+    return lax.optimization_barrier(a.T)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,17 +97,22 @@ class _Recurrent(Layer):
             )
 
     def _project(self, params, x) -> Array:
-        """x_t W + b for every step at once: (batch, T, kF), time-major."""
-        return jnp.swapaxes(x @ params["W"] + params["b"], 0, 1)
+        """x_t W for every step at once: (T, batch, kF), time-major. Each step adds b, where it
+        fuses with the step's other adds (here XLA broadcast b to the projection's size first)."""
+        return jnp.swapaxes(x, 0, 1) @ params["W"]
 
     def _param_grads(self, params, x, h_prev, dz, dzu) -> tuple[Params, Array]:
-        """dW = sum_t x_t^T dz_t, dU = sum_t h_{t-1}^T dzu_t, db = sum dz, dx = dz W^T."""
+        """dW = sum_t x_t^T dz_t, dU = sum_t h_{t-1}^T dzu_t, db = sum dz, dx = dz W^T.
+
+        x, h_prev: (batch, T, ...); dz, dzu: (T, batch, kF), time-major, as the scan made them.
+        """
+        x_tm, h_tm = _time_major(x, h_prev)
         dparams = {
-            "W": weight_grad(_flat(x), _flat(dz)),
-            "U": weight_grad(_flat(h_prev), _flat(dzu)),
+            "W": weight_grad(_flat(x_tm), _flat(dz)),
+            "U": weight_grad(_flat(h_tm), _flat(dzu)),
             "b": _flat(dz).sum(0),
         }
-        return dparams, dz @ params["W"].T
+        return dparams, jnp.swapaxes(dz @ _transposed(params["W"]), 0, 1)
 
 
 _RNN_ACTIVATIONS = {  # activation and its derivative in terms of its output h
@@ -129,10 +142,10 @@ class RNN(_Recurrent):
 
     def forward(self, params, x, *, key=None):
         self._check(params, x)
-        act, U = _RNN_ACTIVATIONS[self.activation][0], params["U"]
+        act, U, b = _RNN_ACTIVATIONS[self.activation][0], params["U"], params["b"]
 
         def step(h, xw_t):
-            h = act(xw_t + h @ U)
+            h = act(xw_t + b + h @ U)
             return h, h
 
         h0 = jnp.zeros((x.shape[0], self.features), x.dtype)
@@ -141,15 +154,14 @@ class RNN(_Recurrent):
 
     def backward(self, params, residuals, dy):
         x, h = residuals
-        d_act, U = _RNN_ACTIVATIONS[self.activation][1], params["U"]
+        d_act, UT = _RNN_ACTIVATIONS[self.activation][1], _transposed(params["U"])
 
         def step(dh_next, inputs):
             dy_t, h_t = inputs
             dz = (dy_t + dh_next) * d_act(h_t)  # dh_next = dz_{t+1} U^T: h_t feeds z_{t+1}
-            return dz @ U.T, dz
+            return dz @ UT, dz
 
         _, dz = lax.scan(step, jnp.zeros_like(h[:, 0]), _time_major(dy, h), reverse=True)
-        (dz,) = _time_major(dz)
         return self._param_grads(params, x, _shift(h), dz, dz)
 
 
@@ -175,11 +187,11 @@ class LSTM(_Recurrent):
 
     def forward(self, params, x, *, key=None):
         self._check(params, x)
-        U = params["U"]
+        U, b = params["U"], params["b"]
 
         def step(carry, xw_t):
             h_prev, c_prev = carry
-            i, f, g, o = jnp.split(xw_t + h_prev @ U, 4, axis=-1)
+            i, f, g, o = jnp.split(xw_t + b + h_prev @ U, 4, axis=-1)
             i, f, g, o = jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)
             c = f * c_prev + i * g
             h = o * jnp.tanh(c)
@@ -192,7 +204,7 @@ class LSTM(_Recurrent):
 
     def backward(self, params, residuals, dy):
         x, gates, c, h_prev = residuals
-        U = params["U"]
+        UT = _transposed(params["U"])
 
         def step(carry, inputs):
             dh_next, dc_next = carry
@@ -205,12 +217,11 @@ class LSTM(_Recurrent):
             di, df, dg = dc * g, dc * c_prev, dc * i
             dz = [di * i * (1 - i), df * f * (1 - f), dg * (1 - g * g), do * o * (1 - o)]
             dz = jnp.concatenate(dz, -1)  # [i f g o], W's column order
-            return (dz @ U.T, dc * f), dz
+            return (dz @ UT, dc * f), dz
 
         zero = jnp.zeros_like(c[:, 0])
         inputs = _time_major(dy, gates, c, _shift(c))
         _, dz = lax.scan(step, (zero, zero), inputs, reverse=True)
-        (dz,) = _time_major(dz)
         return self._param_grads(params, x, h_prev, dz, dz)
 
 
@@ -231,10 +242,10 @@ class GRU(_Recurrent):
 
     def forward(self, params, x, *, key=None):
         self._check(params, x)
-        U = params["U"]
+        U, b = params["U"], params["b"]
 
         def step(h_prev, xw_t):
-            a_r, a_z, a_n = jnp.split(xw_t, 3, axis=-1)
+            a_r, a_z, a_n = jnp.split(xw_t + b, 3, axis=-1)
             u_r, u_z, u_n = jnp.split(h_prev @ U, 3, axis=-1)
             r, z = jax.nn.sigmoid(a_r + u_r), jax.nn.sigmoid(a_z + u_z)
             n = jnp.tanh(a_n + r * u_n)
@@ -248,7 +259,7 @@ class GRU(_Recurrent):
 
     def backward(self, params, residuals, dy):
         x, gates, u_n, h_prev = residuals
-        U = params["U"]
+        UT = _transposed(params["U"])
 
         def step(dh_next, inputs):
             dy_t, gates_t, u_n_t, h_prev_t = inputs
@@ -258,10 +269,9 @@ class GRU(_Recurrent):
             dz = dh * (h_prev_t - n) * z * (1 - z)
             dr = dn * u_n_t * r * (1 - r)
             dzu = jnp.concatenate([dr, dz, dn * r], -1)  # r multiplies u_n = h U_n
-            return dh * z + dzu @ U.T, (jnp.concatenate([dr, dz, dn], -1), dzu)
+            return dh * z + dzu @ UT, (jnp.concatenate([dr, dz, dn], -1), dzu)
 
         dz, dzu = lax.scan(
             step, jnp.zeros_like(h_prev[:, 0]), _time_major(dy, gates, u_n, h_prev), reverse=True
         )[1]
-        dz, dzu = _time_major(dz, dzu)
         return self._param_grads(params, x, h_prev, dz, dzu)
