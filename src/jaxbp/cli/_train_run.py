@@ -20,6 +20,7 @@ from jaxbp import _multihost, checkpoint, datasets, losses
 from jaxbp._plot import plot_history
 from jaxbp.backprop import autodiff, backprop
 from jaxbp.cli import UsageError
+from jaxbp.cli._privacy import check_dp
 from jaxbp.cli._sequence import describe_run, report_baselines, reported, sequence_model
 from jaxbp.cli.train import RESUMABLE, SEQUENCE_MODELS, resolve_defaults
 from jaxbp.layers import IMAGE_PRESETS, init_state, mlp, preset
@@ -43,7 +44,7 @@ def train(args: argparse.Namespace) -> int:
     state = init_state(model, params)  # () unless a layer keeps state (BatchNorm)
     with_state = {"state": state} if jax.tree.leaves(state) else {}
     _check_fit(args, model, loss, params, (x, y), (x_test, y_test), len(devices))
-    privacy = _check_dp(args, model, loss, params, state, (x, y))  # fills in its defaults
+    privacy = check_dp(args, model, loss, params, state, (x, y))  # fills in its defaults
     config = _config(args, task=info.task, loss=loss_name, devices=len(devices))
     if args.resume:  # before the folder is created; the rest is checked under its lock
         _require_run(args.out)
@@ -386,39 +387,3 @@ def _summarise(history, out: Path, args, seconds: float, steps: int, start: int)
         f"test loss {last.get('eval_loss', float('nan')):.4f}{acc}"
     )
     print(f"wrote {out}/config.json, metrics.jsonl, {CHECKPOINT_NAME}, plot.png")
-
-
-DP_OPTIONS = {"clip_norm": 1.0, "noise_multiplier": 1.0, "delta": 1e-5}  # --grad dp's defaults
-
-
-def _check_dp(args, model, loss, params, state, train_data) -> str:
-    """--grad dp's options (defaults filled in), the accountant's presence, and a model whose
-    examples stay separate; returns a line on the privacy the whole run will spend ('' unless
-    --grad dp)."""
-    given = [f"--{k.replace('_', '-')}" for k in DP_OPTIONS if getattr(args, k) is not None]
-    if args.grad != "dp":
-        if given:
-            raise UsageError(f"{', '.join(given)}: only for --grad dp")
-        return ""
-    for name, default in DP_OPTIONS.items():
-        setattr(args, name, default if getattr(args, name) is None else getattr(args, name))
-    from jaxbp.quantities.dp import dp_sgd
-
-    try:
-        engine = dp_sgd(args.clip_norm, args.noise_multiplier, delta=args.delta)
-    except ImportError as error:
-        raise UsageError(f"--grad dp: {error}") from None
-    (x, y), key = train_data, jax.random.PRNGKey(0)
-    options = {"state": state} if jax.tree.leaves(state) else {}
-    try:  # traced only: a layer that mixes examples (BatchNorm in training) raises here
-        jax.eval_shape(lambda p: engine(model, loss, p, x[:2], y[:2], key=key, **options), params)
-    except (NotImplementedError, ValueError) as error:
-        raise UsageError(f"--grad dp needs per-example gradients: {error}") from None
-    batch, steps = min(args.batch_size, len(x)), len(x) // min(args.batch_size, len(x))
-    total = engine.epoch_metrics(steps=args.epochs * steps, n=len(x), batch_size=batch)
-    spent = f"epsilon {total['epsilon']:.3g}" if total else "no privacy (noise multiplier 0)"
-    return (
-        f"DP-SGD: clip norm {args.clip_norm:g}, noise multiplier {args.noise_multiplier:g}, "
-        f"Poisson batches of expected size {batch} (q = {batch / len(x):.4g}); "
-        f"after {args.epochs} epochs: {spent} at delta {args.delta:g}"
-    )
