@@ -26,7 +26,8 @@ COMMITTED = Path(__file__).parents[1] / "benchmarks" / "results"
 
 
 def _snapshot(folder: Path) -> dict:
-    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.iterdir()}
+    files = (p for p in folder.rglob("*") if p.is_file())
+    return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns) for p in files}
 
 
 def test_quick_benchmark_writes_json_and_markdown(tmp_path, capsys, monkeypatch):

@@ -87,7 +87,7 @@ def test_every_verb_help_in_process(verb, capsys):
     "argv, message",
     [
         (["nosuchverb"], "invalid choice: 'nosuchverb'"),
-        (["--no-such-option"], "one of train, check, explain, bench"),
+        (["--no-such-option"], "one of train, sample, check, explain, bench"),
         (["train", "--lr", "nan"], "argument --lr: must be finite, got nan"),
         (["train", "--lr", "inf"], "argument --lr: must be finite, got inf"),
         (["train", "--lr", "0"], "argument --lr: must be positive, got 0"),
