@@ -80,6 +80,10 @@ def reference_greedy(model, params, context, steps, window_model):
             logits = model.apply(params, jnp.array([window]))[0]
         else:
             logits = model.apply(params, jnp.array([ids[-context:]]))[0, -1]
+        top2 = np.sort(np.asarray(logits, np.float64))[-2:]
+        # The premise, checked: a gap far above float32 rounding of the logits (~1e-6 of their
+        # size), so no CPU's summation order can swap the argmax between the two code paths.
+        assert top2[1] - top2[0] > 1e-3 * max(1.0, abs(top2[1])), top2
         ids.append(int(jnp.argmax(logits)))
     return ids[1:]
 
