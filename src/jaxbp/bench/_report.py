@@ -146,11 +146,21 @@ def _vision_peers(configs: dict) -> str:
         )  # fmt: skip
     ]
     for name, r in configs.items():
-        p, cells = r["peers"], [name, _t(r["peers"]["jaxbp_s"])]
-        for peer in ("torch", "torch_compile"):
-            if f"{peer}_s" in p:
-                cells += [_t(p[f"{peer}_s"]), _r(p[f"{peer}_over_jaxbp"])]
-            else:
-                cells += [p.get("missing", {}).get(peer, "n/a"), "n/a"]
+        cells = [
+            name,
+            _t(r["peers"]["jaxbp_s"]),
+            *peer_cells(r["peers"], ("torch", "torch_compile")),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def peer_cells(p: dict, peers) -> list[str]:
+    """Each peer's time and its ratio to jaxbp, or why it did not run ("n/a" when unsaid)."""
+    cells = []
+    for peer in peers:
+        if f"{peer}_s" in p:
+            cells += [_t(p[f"{peer}_s"]), _r(p[f"{peer}_over_jaxbp"])]
+        else:
+            cells += [p.get("missing", {}).get(peer, "n/a"), "n/a"]
+    return cells

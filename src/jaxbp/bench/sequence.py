@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxbp.bench._report import _r, _t
+from jaxbp.bench._report import _r, _t, peer_cells
 from jaxbp.bench._timing import interleaved, ratio
 from jaxbp.bench.mlp import _stepper
 from jaxbp.layers import char_rnn, gpt
@@ -163,11 +163,6 @@ def to_markdown(configs: dict) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for name, r in configs.items():
         p = r["peers"]
-        cells = [name, _r(r["gradient"]["ratio"]), _t(p["jaxbp_s"])]
-        for peer in PEER_NAMES:
-            if f"{peer}_s" in p:
-                cells += [_t(p[f"{peer}_s"]), _r(p[f"{peer}_over_jaxbp"])]
-            else:
-                cells += [p.get("missing", {}).get(peer, "n/a"), "n/a"]
+        cells = [name, _r(r["gradient"]["ratio"]), _t(p["jaxbp_s"]), *peer_cells(p, PEER_NAMES)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
