@@ -16,7 +16,9 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxbp._types import Array, Params, PRNGKey, Shape
+from jaxbp.layers import _conv_examples
 from jaxbp.layers._base import Layer, _check_input, _describe
+from jaxbp.layers._conv_examples import dW_layout
 from jaxbp.layers.dense import ghost_sq_norms
 
 Pairs = tuple[tuple[int, int], ...]
@@ -242,33 +244,56 @@ class Conv(Layer):
         )  # fmt: skip
         return {"W": dW, "b": dy.sum(axis=(0, *axes))}, dx
 
-    # Optional per-example rules (jaxbp.quantities).
+    # Optional per-example rules (jaxbp.quantities), by the window views of _conv_examples.
     def per_example_grads(self, params, x, dy):
-        """dW_i, db_i: backward's dparams for example i alone, vmapped (JAX batches the weight
-        gradient's conv by feature groups: one conv, not a loop). (batch, *W.shape), (batch, F)."""
-
-        def one(xi, dyi):
-            return self.backward(params, xi[None], dyi[None])[0]
-
-        return jax.vmap(one)(x, dy)
+        """dW_i, db_i: backward's dparams for example i alone. (batch, *W.shape), (batch, F)."""
+        g = self._per_example_dW(x, dy)
+        return {"W": dW_layout(g, self.kernel_size), "b": self._per_example_db(dy)}
 
     def per_example_sq_norms(self, params, x, dy):
-        """||dW_i||^2 + ||db_i||^2, (batch,). dW_i = sum_p patch_p^T dy_p over the P output
-        positions (patch_p: the K = prod(kernel) in inputs a window reads), so with one group
-        its squared norm is the ghost norm sum_{p,q} (patch_p.patch_q)(dy_p.dy_q), taken when
-        P^2 (K + F) < P K F; otherwise (or with groups) from dW_i itself."""
-        nd, batch, F = len(self.kernel_size), x.shape[0], dy.shape[-1]
-        dy2 = dy.reshape(batch, -1, F)
-        P, K = dy2.shape[1], math.prod(self.kernel_size) * x.shape[-1]
-        if self.groups != 1 or P * (K + F) >= K * F:
-            g = self.per_example_grads(params, x, dy)
-            return sum(jnp.sum(jnp.square(a.reshape(batch, -1)), axis=1) for a in (g["W"], g["b"]))
-        patches = lax.conv_general_dilated_patches(
-            x, self.kernel_size, self.strides, self._padding(x.shape[1:-1]),
-            rhs_dilation=self.dilation, dimension_numbers=_dims(nd),
-            precision=lax.Precision.HIGHEST,  # a copy of x: no TF32 rounding on the way
-        ).reshape(batch, P, K)  # fmt: skip
-        return ghost_sq_norms(patches, dy2) + jnp.sum(jnp.square(dy2.sum(1)), axis=1)
+        """||dW_i||^2 + ||db_i||^2, (batch,): the ghost norm sum_{p,q} (patch_p.patch_q)
+        (dy_p.dy_q) over the P output positions when P^2 (K + F) < P K F (K = prod(kernel) in,
+        one group), else from dW_i itself."""
+        batch, F = x.shape[0], dy.shape[-1]
+        windows = self._windows(x)
+        P, K = windows.shape[1], windows.shape[2] * windows.shape[3]
+        db2 = jnp.sum(jnp.square(self._per_example_db(dy)), axis=1)
+        if _conv_examples.ghost_cheaper(P, K, F, self.groups):
+            return ghost_sq_norms(windows.reshape(batch, P, K), dy.reshape(batch, P, F)) + db2
+        g = _conv_examples.per_example_dW(windows, dy, self.groups)
+        return jnp.sum(jnp.square(g.reshape(batch, -1)), axis=1) + db2
+
+    def sum_grad_squared(self, params, x, dy):
+        """sum_i dW_i^2, sum_i db_i^2: W's and b's shapes, from the per-example dW_i."""
+        g = self._per_example_dW(x, dy)
+        squares = jnp.sum(jnp.square(g), axis=0)
+        db2 = jnp.sum(jnp.square(self._per_example_db(dy)), axis=0)
+        return {"W": dW_layout(squares, self.kernel_size), "b": db2}
+
+    def weighted_grad(self, params, x, dy, w):
+        """sum_i w_i (dW_i, db_i), params' shapes. Where the norms take dW_i themselves (no ghost
+        norm), the sum is taken from them: under one jit XLA computes dW_i once for both (the
+        same window views and product), and skips backward's dW. Else backward on w_i dy_i."""
+        batch, F = x.shape[0], dy.shape[-1]
+        P, K = math.prod(dy.shape[1:-1]), math.prod(self.kernel_size) * x.shape[-1]
+        if _conv_examples.ghost_cheaper(P, K, F, self.groups):
+            wd = dy * w.reshape((batch,) + (1,) * (dy.ndim - 1)).astype(dy.dtype)
+            return self.backward(params, x, wd)[0]
+        g, w = self._per_example_dW(x, dy), w.astype(dy.dtype)
+        dW = dW_layout(jnp.tensordot(w, g, axes=1), self.kernel_size)
+        return {"W": dW, "b": w @ self._per_example_db(dy)}
+
+    def _windows(self, x):
+        pairs = self._padding(x.shape[1:-1])
+        strides, dilation = self.strides, self.dilation
+        return _conv_examples.patches(x, self.kernel_size, strides, dilation, pairs)
+
+    def _per_example_dW(self, x, dy):
+        return _conv_examples.per_example_dW(self._windows(x), dy, self.groups)
+
+    @staticmethod
+    def _per_example_db(dy):
+        return dy.reshape(dy.shape[0], -1, dy.shape[-1]).sum(axis=1)
 
     @property
     def _spans(self) -> Shape:

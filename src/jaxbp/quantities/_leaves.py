@@ -8,6 +8,7 @@ A layer may supply optional rules (STYLE: grow with optional methods and one ada
     per_example_grads(params, residuals, dy) -> dparams, each leaf (batch, *leaf.shape)
     per_example_sq_norms(params, residuals, dy) -> (batch,) squared norms of the same
     sum_grad_squared(params, residuals, dy) -> dparams' shapes: sum_i (per-example grad)^2
+    weighted_grad(params, residuals, dy, w) -> dparams' shapes: sum_i w_i (per-example grad)
 
 Without one, an exact generic rule runs for the library's layers whose examples are
 independent (SelfAttention, LSTM, GRU, RNN, PositionEmbedding, or any layer with a class
@@ -261,9 +262,10 @@ def leaf_sum_grad_squared(
 def leaf_weighted_grad(
     path: Path, layer: Any, params: Params, residuals: Residuals, delta: Array, w: Array
 ) -> Grads:
-    """sum_i w_i (unscaled per-example gradient of example i), params' shapes, in one backward:
-    backward(params, residuals, w_i delta_i) is exact, as dparams is linear in dy and a sum of
-    one term per example. w: (batch,); delta: (batch, *out)."""
+    """sum_i w_i (unscaled per-example gradient of example i), params' shapes, by the layer's
+    weighted_grad when it has one, else in one backward: backward(params, residuals,
+    w_i delta_i) is exact, as dparams is linear in dy and a sum of one term per example.
+    w: (batch,); delta: (batch, *out)."""
     if not has_params(params):
         return params
     _refuse(path, layer, "per-example weights")
@@ -271,6 +273,9 @@ def leaf_weighted_grad(
         raise ValueError(
             f"leaf_weighted_grad: w must be (batch,) = {delta.shape[:1]}, got {jnp.shape(w)}"
         )
+    method = getattr(layer, "weighted_grad", None)
+    if method is not None:
+        return method(params, residuals, delta, w)
     wd = delta * jnp.reshape(w, w.shape + (1,) * (delta.ndim - 1)).astype(delta.dtype)
     return layer.backward(params, residuals, wd)[0]
 
