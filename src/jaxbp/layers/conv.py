@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxbp._matmul import weight_grad
 from jaxbp._types import Array, Params, PRNGKey, Shape
 from jaxbp.layers import _conv_examples
 from jaxbp.layers._base import Layer, _check_input, _describe
@@ -271,14 +272,16 @@ class Conv(Layer):
         return {"W": dW_layout(squares, self.kernel_size), "b": db2}
 
     def weighted_grad(self, params, x, dy, w):
-        """sum_i w_i (dW_i, db_i), params' shapes. Where the norms take dW_i themselves (no ghost
-        norm), the sum is taken from them: under one jit XLA computes dW_i once for both (the
-        same window views and product), and skips backward's dW. Else backward on w_i dy_i."""
+        """sum_i w_i (dW_i, db_i), params' shapes, from what the norms computed: under one jit
+        XLA computes it once for both (the same window views and products), and skips
+        backward's dW. With dW_i (no ghost norm): sum_i w_i dW_i. Else one product of the
+        window views with w_i dy_i, all examples and positions at once."""
         batch, F = x.shape[0], dy.shape[-1]
         P, K = math.prod(dy.shape[1:-1]), math.prod(self.kernel_size) * x.shape[-1]
-        if _conv_examples.ghost_cheaper(P, K, F, self.groups):
-            wd = dy * w.reshape((batch,) + (1,) * (dy.ndim - 1)).astype(dy.dtype)
-            return self.backward(params, x, wd)[0]
+        if _conv_examples.ghost_cheaper(P, K, F, self.groups):  # the norms' window views
+            wd = (dy * w.reshape((batch,) + (1,) * (dy.ndim - 1)).astype(dy.dtype)).reshape(-1, F)
+            dW = weight_grad(self._windows(x).reshape(-1, K), wd)  # one (K, batch P) x (batch P, F)
+            return {"W": dW.reshape(params["W"].shape), "b": wd.sum(axis=0)}
         g, w = self._per_example_dW(x, dy), w.astype(dy.dtype)
         dW = dW_layout(jnp.tensordot(w, g, axes=1), self.kernel_size)
         return {"W": dW, "b": w @ self._per_example_db(dy)}

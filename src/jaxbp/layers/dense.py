@@ -69,7 +69,8 @@ class Dense(Layer):
     def sum_grad_squared(self, params, x, dy):
         """sum_i dW_i^2 = (x^2)^T (dy^2) for one position (BackPACK's trick), else from dW_i."""
         if x.ndim == 2:
-            return {"W": jnp.square(x).T @ jnp.square(dy), "b": jnp.sum(jnp.square(dy), 0)}
+            squares = weight_grad(jnp.square(x), jnp.square(dy))  # backward's fast layout
+            return {"W": squares, "b": jnp.sum(jnp.square(dy), 0)}
         per_example = self.per_example_grads(params, x, dy)
         return jax.tree.map(lambda g: jnp.sum(jnp.square(g), 0), per_example)
 
