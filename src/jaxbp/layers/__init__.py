@@ -35,6 +35,10 @@ every layer:
         Stochastic layers raise without one in training (never a silent identity). A
         combinator hands its child at path p the key fold_in(key, p[-1]), so adding a layer
         does not reshuffle the others' randomness.
+    per_example_grads, per_example_sq_norms, sum_grad_squared, weighted_grad
+        Per-example rules for jaxbp.quantities (signatures and adapter in
+        jaxbp.quantities._leaves); without them a generic exact rule (the layer's own backward,
+        example by example) runs for layers whose examples never meet.
 
 Integer inputs (Embedding's ids) have no cotangent: their dx is a float0 array (JAX's own
 convention), and a sweep stops there.
