@@ -40,7 +40,7 @@ def _setup(layer, in_shape, batch=4):
     x = jax.random.normal(k2, (batch, *in_shape), jnp.float64)
     y = layer.forward(params, x)[0]
     dy = jax.random.normal(k3, y.shape, jnp.float64)
-    one = jax.vmap(lambda xi, di: layer.backward(params, xi[None], di[None])[0])
+    one = jax.jit(jax.vmap(lambda xi, di: layer.backward(params, xi[None], di[None])[0]))
     return params, x, dy, one(x, dy)
 
 
@@ -52,13 +52,20 @@ def _sq(tree):
 def test_per_example_rules_match_backward_per_example(case, x64):
     layer, in_shape = CASES[case]
     params, x, dy, ref = _setup(layer, in_shape)
-    assert rel_error(layer.per_example_grads(params, x, dy), ref) <= RTOL
-    assert rel_error(layer.per_example_sq_norms(params, x, dy), _sq(ref)) <= RTOL
-    squares = jax.tree.map(lambda a: jnp.sum(a * a, axis=0), ref)
-    assert rel_error(layer.sum_grad_squared(params, x, dy), squares) <= RTOL
     w = jnp.linspace(0.2, 1.5, x.shape[0])
-    weighted = jax.tree.map(lambda a: jnp.tensordot(w, a, axes=1), ref)
-    assert rel_error(layer.weighted_grad(params, x, dy, w), weighted) <= RTOL
+
+    @jax.jit  # one compilation for the four rules, not one per eager op
+    def rules(params, x, dy, w):
+        return (
+            layer.per_example_grads(params, x, dy), layer.per_example_sq_norms(params, x, dy),
+            layer.sum_grad_squared(params, x, dy), layer.weighted_grad(params, x, dy, w),
+        )  # fmt: skip
+
+    grads, sq, squares, weighted = rules(params, x, dy, w)
+    assert rel_error(grads, ref) <= RTOL
+    assert rel_error(sq, _sq(ref)) <= RTOL
+    assert rel_error(squares, jax.tree.map(lambda a: jnp.sum(a * a, axis=0), ref)) <= RTOL
+    assert rel_error(weighted, jax.tree.map(lambda a: jnp.tensordot(w, a, axes=1), ref)) <= RTOL
 
 
 @pytest.mark.parametrize("ghost", [True, False])
