@@ -196,6 +196,16 @@ def _residuals(layer: Any, params: Params, x_in: Array, residuals: Residuals | N
     return layer.forward(params, x_in)[1] if residuals is None else residuals
 
 
+def _own_rule(path, layer, name, what, params, x_in, delta, residuals):
+    """The layer's optional rule `name`(params, residuals, delta), or None when it has none;
+    first refuses (naming the path) a layer that cannot give `what`."""
+    _refuse(path, layer, what)
+    method = getattr(layer, name, None)
+    if method is None:
+        return None
+    return method(params, _residuals(layer, params, x_in, residuals), delta)
+
+
 def leaf_per_example_grads(
     path: Path, layer: Any, params: Params, x_in: Array, delta: Array,
     residuals: Residuals | None = None,
@@ -209,10 +219,10 @@ def leaf_per_example_grads(
     """
     if not has_params(params):
         return params
-    _refuse(path, layer, "per-example gradients")
-    method = getattr(layer, "per_example_grads", None)
-    if method is not None:
-        return method(params, _residuals(layer, params, x_in, residuals), delta)
+    args = (params, x_in, delta, residuals)
+    own = _own_rule(path, layer, "per_example_grads", "per-example gradients", *args)
+    if own is not None:
+        return own
 
     def one(xi, di):  # exact: example i's forward and backward never read another example
         return layer.backward(params, layer.forward(params, xi[None])[1], di[None])[0]
@@ -233,10 +243,9 @@ def leaf_sq_norms(
     params; by the layer's per_example_sq_norms (ghost norms where cheaper) when it has one."""
     if not has_params(params):
         return jnp.zeros(delta.shape[:1], delta.dtype)
-    _refuse(path, layer, "per-example gradient norms")
-    method = getattr(layer, "per_example_sq_norms", None)
-    if method is not None:
-        squares = method(params, _residuals(layer, params, x_in, residuals), delta)
+    args = (params, x_in, delta, residuals)
+    squares = _own_rule(path, layer, "per_example_sq_norms", "per-example gradient norms", *args)
+    if squares is not None:
         # A ghost norm sums signed products: rounding can take a zero norm below 0, then NaN.
         return jnp.maximum(squares, 0)
     g = leaf_per_example_grads(path, layer, params, x_in, delta, residuals)
@@ -251,10 +260,10 @@ def leaf_sum_grad_squared(
     sum_grad_squared when it has one (Dense: (x^2)^T (dy^2), nothing per example kept)."""
     if not has_params(params):
         return params
-    _refuse(path, layer, "sums of squared per-example gradients")
-    method = getattr(layer, "sum_grad_squared", None)
-    if method is not None:
-        return method(params, _residuals(layer, params, x_in, residuals), delta)
+    args = (params, x_in, delta, residuals)
+    own = _own_rule(path, layer, "sum_grad_squared", "sums of squared per-example gradients", *args)
+    if own is not None:
+        return own
     g = leaf_per_example_grads(path, layer, params, x_in, delta, residuals)
     return jax.tree.map(lambda a: jnp.sum(jnp.square(a), axis=0), g)
 

@@ -108,15 +108,9 @@ def per_example_norms(
 
 
 def sum_grad_squared(
-    model: Any,
-    loss: Any,
-    params: Params,
-    x: Array,
-    y: Array,
-    *,
-    key: PRNGKey | None = None,
-    state: State | None = None,
-) -> Grads:
+    model: Any, loss: Any, params: Params, x: Array, y: Array, *,
+    key: PRNGKey | None = None, state: State | None = None,
+) -> Grads:  # fmt: skip
     """sum_i g_i^2, elementwise, params' structure (BackPACK's SumGradSquared); Dense on one
     position keeps no g_i: m^2 (x^2)^T (dy^2)."""
     check_supported(model, params, "sums of squared per-example gradients")
@@ -135,15 +129,9 @@ def _variance(g: Array) -> Array:
 
 
 def grad_variance(
-    model: Any,
-    loss: Any,
-    params: Params,
-    x: Array,
-    y: Array,
-    *,
-    key: PRNGKey | None = None,
-    state: State | None = None,
-) -> Grads:
+    model: Any, loss: Any, params: Params, x: Array, y: Array, *,
+    key: PRNGKey | None = None, state: State | None = None,
+) -> Grads:  # fmt: skip
     """mean_i (g_i - grad C)^2, elementwise, params' structure (BackPACK's Variance, whose
     grad C = mean_i g_i), as BackPACK takes it: sum_i g_i^2 / m - (grad C)^2, so Dense keeps no
     g_i; clamped at 0. In float32 its error is ~eps E[g^2] / variance relative: small while the
