@@ -1,10 +1,11 @@
 """Conv's per-example rules (layers/_conv_examples.py) against its own backward run on one example
 at a time, in float64, over 1-3 spatial axes, strides, dilation, padding of every kind and groups,
-each norm by both of its routes (dW_i itself and the ghost Gram form).
+each norm by all three of its routes (dW_i itself, the ghost norm from the window views' Gram,
+and from the padded input's Gram).
 
 Tolerance 1e-12 relative: the window views are copies of x (exact), and dW_i sums the same
 P products per entry as backward's weight-gradient conv in another order, a few float64
-roundings (~1e-15) per entry.
+roundings (~1e-15) per entry; the Gram forms sum at most a few hundred such products.
 """
 
 from __future__ import annotations
@@ -68,16 +69,36 @@ def test_per_example_rules_match_backward_per_example(case, x64):
     assert rel_error(weighted, jax.tree.map(lambda a: jnp.tensordot(w, a, axes=1), ref)) <= RTOL
 
 
-@pytest.mark.parametrize("ghost", [True, False])
-def test_both_norm_routes_agree(ghost, x64, monkeypatch):
-    """The same layer's norms and weighted sums with the route forced each way."""
-    layer, in_shape = CASES["2d strided dilated uneven"]
+ONE_GROUP = [c for c in CASES if CASES[c][0].groups == 1]
+
+
+@pytest.mark.parametrize("route", ["direct", "windows", "padded"])
+@pytest.mark.parametrize("case", ONE_GROUP)
+def test_every_norm_route_agrees(case, route, x64, monkeypatch):
+    """The norms and weighted sums with each of the three routes forced, on every one-group case
+    (strides, dilation, crops, 1-3 spatial axes)."""
+    layer, in_shape = CASES[case]
     params, x, dy, ref = _setup(layer, in_shape)
-    monkeypatch.setattr(_conv_examples, "ghost_cheaper", lambda *a: ghost)
-    assert rel_error(layer.per_example_sq_norms(params, x, dy), _sq(ref)) <= RTOL
+    monkeypatch.setattr(_conv_examples, "norm_route", lambda *a: route)
     w = jnp.linspace(-1.0, 2.0, x.shape[0])
-    weighted = jax.tree.map(lambda a: jnp.tensordot(w, a, axes=1), ref)
-    assert rel_error(layer.weighted_grad(params, x, dy, w), weighted) <= RTOL
+    sq, weighted = jax.jit(
+        lambda p, x, dy, w: (layer.per_example_sq_norms(p, x, dy), layer.weighted_grad(p, x, dy, w))
+    )(params, x, dy, w)
+    assert rel_error(sq, _sq(ref)) <= RTOL
+    assert rel_error(weighted, jax.tree.map(lambda a: jnp.tensordot(w, a, axes=1), ref)) <= RTOL
+
+
+def test_the_route_is_the_cheapest_for_the_shapes():
+    """bench's cnn: the 8x8 convs take dW_i, the 4x4x16 and 4x4x32 ones the padded Gram; a
+    strided conv on a large map, whose padded Gram is much larger than its patches', the window
+    Gram; groups always dW_i."""
+    route = _conv_examples.norm_route
+    assert route(64, 100, 9, 1, 16, 1) == "direct"
+    assert route(64, 100, 9, 16, 16, 1) == "direct"
+    assert route(16, 36, 9, 16, 32, 1) == "padded"
+    assert route(16, 36, 9, 32, 32, 1) == "padded"
+    assert route(16, 17 * 17, 9, 64, 64, 1) == "windows"  # 16x16 input, stride 4
+    assert route(16, 36, 9, 32, 32, 2) == "direct"
 
 
 def test_patches_are_the_windows_read():
@@ -88,7 +109,9 @@ def test_patches_are_the_windows_read():
     _, params = layer.init(jax.random.PRNGKey(0), (7, 5, 2))
     params = {"W": jnp.round(params["W"] * 4), "b": jnp.zeros(3)}
     y = layer.forward(params, x)[0]
-    windows = _conv_examples.patches(x, (3, 2), (2, 1), (2, 1), ((1, 2), (0, 1)))
+    args = (3, 2), (2, 1), (2, 1), ((1, 2), (0, 1))
+    windows = _conv_examples.patches(x, *args)
     assert windows.shape == (2, y.shape[1] * y.shape[2], 6, 2)
     via = jnp.einsum("bpjc,jcf->bpf", windows, params["W"].reshape(6, 2, 3))
     assert jnp.array_equal(via.reshape(y.shape), y)
+    assert jnp.array_equal(_conv_examples.shifted(x, *args), jnp.swapaxes(windows, 1, 2))

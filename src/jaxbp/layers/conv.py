@@ -15,7 +15,6 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxbp._matmul import weight_grad
 from jaxbp._types import Array, Params, PRNGKey, Shape
 from jaxbp.layers import _conv_examples
 from jaxbp.layers._base import Layer, _check_input, _describe
@@ -235,15 +234,21 @@ class Conv(Layer):
             lhs_dilation=s, rhs_dilation=d, dimension_numbers=_dims(nd),
             feature_group_count=self.groups,
         )  # fmt: skip
-        # dW: x (channels as batch, batch as features) correlated with dy, whose batch is the
-        # contracted axis; the r trailing positions no window read are cropped off.
+        return {"W": self._weight_grad(x, dy), "b": dy.sum(axis=(0, *axes))}, dx
+
+    def _weight_grad(self, x, dy):
+        """dW = sum over examples and positions: x (channels as batch, batch as features)
+        correlated with dy, whose batch is the contracted axis; the r trailing positions no
+        window read are cropped off."""
+        s, d = self.strides, self.dilation
+        spatial = x.shape[1:-1]
+        pairs = self._padding(spatial)
         unread = map(_unread, spatial, pairs, self._spans, s)
         dW_pads = tuple((lo, hi - r) for (lo, hi), r in zip(pairs, unread))
-        dW = lax.conv_general_dilated(
-            x, dy, d, dW_pads, rhs_dilation=s, dimension_numbers=_weight_grad_dims(nd),
+        return lax.conv_general_dilated(
+            x, dy, d, dW_pads, rhs_dilation=s, dimension_numbers=_weight_grad_dims(len(s)),
             batch_group_count=self.groups,
         )  # fmt: skip
-        return {"W": dW, "b": dy.sum(axis=(0, *axes))}, dx
 
     # Optional per-example rules (jaxbp.quantities), by the window views of _conv_examples.
     def per_example_grads(self, params, x, dy):
@@ -252,16 +257,21 @@ class Conv(Layer):
         return {"W": dW_layout(g, self.kernel_size), "b": self._per_example_db(dy)}
 
     def per_example_sq_norms(self, params, x, dy):
-        """||dW_i||^2 + ||db_i||^2, (batch,): the ghost norm sum_{p,q} (patch_p.patch_q)
-        (dy_p.dy_q) over the P output positions when P^2 (K + F) < P K F (K = prod(kernel) in,
-        one group), else from dW_i itself."""
+        """||dW_i||^2 + ||db_i||^2, (batch,): from dW_i itself or as a ghost norm
+        sum_{p,q} (patch_p.patch_q)(dy_p.dy_q) over the P output positions, the patches' Gram
+        from the window views or from the padded input's own Gram, whichever route costs the
+        fewest operations for this layer's shapes (_conv_examples.norm_route)."""
         batch, F = x.shape[0], dy.shape[-1]
-        windows = self._windows(x)
-        P, K = windows.shape[1], windows.shape[2] * windows.shape[3]
         db2 = jnp.sum(jnp.square(self._per_example_db(dy)), axis=1)
-        if _conv_examples.ghost_cheaper(P, K, F, self.groups):
+        route = self._norm_route(x, dy)
+        if route == "padded":
+            args = self.kernel_size, self.strides, self.dilation, self._padding(x.shape[1:-1])
+            return _conv_examples.padded_ghost_sq_norms(x, dy, *args) + db2
+        if route == "windows":
+            windows = self._windows(x)
+            P, K = windows.shape[1], windows.shape[2] * windows.shape[3]
             return ghost_sq_norms(windows.reshape(batch, P, K), dy.reshape(batch, P, F)) + db2
-        g = _conv_examples.per_example_dW(windows, dy, self.groups)
+        g = self._per_example_dW(x, dy)
         return jnp.sum(jnp.square(g.reshape(batch, -1)), axis=1) + db2
 
     def sum_grad_squared(self, params, x, dy):
@@ -272,27 +282,33 @@ class Conv(Layer):
         return {"W": dW_layout(squares, self.kernel_size), "b": db2}
 
     def weighted_grad(self, params, x, dy, w):
-        """sum_i w_i (dW_i, db_i), params' shapes, from what the norms computed: under one jit
-        XLA computes it once for both (the same window views and products), and skips
-        backward's dW. With dW_i (no ghost norm): sum_i w_i dW_i. Else one product of the
-        window views with w_i dy_i, all examples and positions at once."""
-        batch, F = x.shape[0], dy.shape[-1]
-        P, K = math.prod(dy.shape[1:-1]), math.prod(self.kernel_size) * x.shape[-1]
-        if _conv_examples.ghost_cheaper(P, K, F, self.groups):  # the norms' window views
-            wd = (dy * w.reshape((batch,) + (1,) * (dy.ndim - 1)).astype(dy.dtype)).reshape(-1, F)
-            dW = weight_grad(self._windows(x).reshape(-1, K), wd)  # one (K, batch P) x (batch P, F)
-            return {"W": dW.reshape(params["W"].shape), "b": wd.sum(axis=0)}
+        """sum_i w_i (dW_i, db_i), params' shapes. Where the norms took dW_i, sum_i w_i dW_i:
+        under one jit XLA computes dW_i once for both. Where they took a ghost norm, backward's
+        own weight-gradient conv of x with w_i dy_i. Either way backward's dW is not needed."""
+        batch = x.shape[0]
+        if self._norm_route(x, dy) != "direct":
+            wd = dy * w.reshape((batch,) + (1,) * (dy.ndim - 1)).astype(dy.dtype)
+            return {"W": self._weight_grad(x, wd), "b": wd.reshape(-1, wd.shape[-1]).sum(axis=0)}
         g, w = self._per_example_dW(x, dy), w.astype(dy.dtype)
         dW = dW_layout(jnp.tensordot(w, g, axes=1), self.kernel_size)
         return {"W": dW, "b": w @ self._per_example_db(dy)}
 
+    def _norm_route(self, x, dy) -> str:
+        pairs = self._padding(x.shape[1:-1])
+        padded = math.prod(n + lo + hi for n, (lo, hi) in zip(x.shape[1:-1], pairs))
+        P, entries = math.prod(dy.shape[1:-1]), math.prod(self.kernel_size)
+        return _conv_examples.norm_route(P, padded, entries, x.shape[-1], dy.shape[-1], self.groups)
+
     def _windows(self, x):
+        """(batch, P, O, in): the input each output position reads at each window entry."""
         pairs = self._padding(x.shape[1:-1])
         strides, dilation = self.strides, self.dilation
         return _conv_examples.patches(x, self.kernel_size, strides, dilation, pairs)
 
     def _per_example_dW(self, x, dy):
-        return _conv_examples.per_example_dW(self._windows(x), dy, self.groups)
+        pairs = self._padding(x.shape[1:-1])
+        args = self.kernel_size, self.strides, self.dilation, pairs
+        return _conv_examples.per_example_dW(_conv_examples.shifted(x, *args), dy, self.groups)
 
     @staticmethod
     def _per_example_db(dy):
