@@ -185,7 +185,9 @@ def _wait_for(path, deadline_s=120):
         time.sleep(0.05)
 
 
-def test_a_second_run_into_a_busy_folder_stops_and_names_the_first(tmp_path):
+def test_a_second_run_into_a_busy_folder_stops_and_names_the_first(tmp_path, capsys):
+    """The first run is another process; the second runs in this one (the lock is per process),
+    which checks the lock before any work."""
     run = tmp_path / "run"
     args = [*SMALL, "--schedule", "constant", "--checkpoint-every", "1", "--out", str(run)]
     first = subprocess.Popen(
@@ -196,21 +198,22 @@ def test_a_second_run_into_a_busy_folder_stops_and_names_the_first(tmp_path):
     )
     try:
         _wait_for(run / "checkpoint.npz")
+        capsys.readouterr()
         for extra in (["--overwrite"], ["--resume"], []):
-            second = _jaxbp("train", *args, "--epochs", "3", *extra)
-            assert second.returncode == 2, second.stderr
-            assert f"in use by another run (pid {first.pid} on " in second.stderr
-            assert len(second.stderr.strip().splitlines()) == 1
+            assert main(["train", *args, "--epochs", "3", *extra]) == 2
+            err = capsys.readouterr().err
+            assert f"in use by another run (pid {first.pid} on " in err
+            assert len(err.strip().splitlines()) == 1
         assert first.poll() is None, "the first run goes on undisturbed"
     finally:
         first.kill()  # SIGKILL: its lock file stays, its lock goes with it
         first.wait()
     saved = checkpoint.load(run / "checkpoint.npz")[1]["epoch"]
-    resumed = _jaxbp("train", *args, "--epochs", str(saved + 1), "--resume")
-    assert resumed.returncode == 0, resumed.stderr
-    assert f"resumed from epoch {saved} " in resumed.stdout
-    assert f"done: epoch {saved + 1} (1 this run) in" in resumed.stdout
-    assert "compilation included" in resumed.stdout  # one epoch: no time after compiling
+    assert main(["train", *args, "--epochs", str(saved + 1), "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert f"resumed from epoch {saved} " in out
+    assert f"done: epoch {saved + 1} (1 this run) in" in out
+    assert "compilation included" in out  # one epoch: no time after compiling
     epochs = [
         json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()
     ]
