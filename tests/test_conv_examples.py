@@ -114,4 +114,3 @@ def test_patches_are_the_windows_read():
     assert windows.shape == (2, y.shape[1] * y.shape[2], 6, 2)
     via = jnp.einsum("bpjc,jcf->bpf", windows, params["W"].reshape(6, 2, 3))
     assert jnp.array_equal(via.reshape(y.shape), y)
-    assert jnp.array_equal(_conv_examples.shifted(x, *args), jnp.swapaxes(windows, 1, 2))

@@ -284,7 +284,9 @@ class Conv(Layer):
     def weighted_grad(self, params, x, dy, w):
         """sum_i w_i (dW_i, db_i), params' shapes. Where the norms took dW_i, sum_i w_i dW_i:
         under one jit XLA computes dW_i once for both. Where they took a ghost norm, backward's
-        own weight-gradient conv of x with w_i dy_i. Either way backward's dW is not needed."""
+        own weight-gradient conv of x with w_i dy_i. Either way backward's dW is not needed.
+        (With the padded Gram's norms, this conv and a product with the window views, built
+        for it alone, took the DP clipping step 1.40x and 1.46x a gradient on bench's cnn.)"""
         batch = x.shape[0]
         if self._norm_route(x, dy) != "direct":
             wd = dy * w.reshape((batch,) + (1,) * (dy.ndim - 1)).astype(dy.dtype)
@@ -306,9 +308,7 @@ class Conv(Layer):
         return _conv_examples.patches(x, self.kernel_size, strides, dilation, pairs)
 
     def _per_example_dW(self, x, dy):
-        pairs = self._padding(x.shape[1:-1])
-        args = self.kernel_size, self.strides, self.dilation, pairs
-        return _conv_examples.per_example_dW(_conv_examples.shifted(x, *args), dy, self.groups)
+        return _conv_examples.per_example_dW(self._windows(x), dy, self.groups)
 
     @staticmethod
     def _per_example_db(dy):
