@@ -186,8 +186,9 @@ def _wait_for(path, deadline_s=120):
 
 
 def test_a_second_run_into_a_busy_folder_stops_and_names_the_first(tmp_path, capsys):
-    """The first run is another process; the second runs in this one (the lock is per process),
-    which checks the lock before any work."""
+    """The first run is another process, holding the folder's flock; the second runs in this
+    process (it meets the lock before any work, so no subprocess start is needed), as does the
+    resume after the first is killed."""
     run = tmp_path / "run"
     args = [*SMALL, "--schedule", "constant", "--checkpoint-every", "1", "--out", str(run)]
     first = subprocess.Popen(
