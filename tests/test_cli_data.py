@@ -84,6 +84,17 @@ def test_task_regression_trains_without_accuracy(tmp_path, capsys):
     assert "eval_accuracy" not in json.loads((out / "metrics.jsonl").read_text())
 
 
+def test_task_regression_on_0_1_targets_reports_no_accuracy(tmp_path, capsys):
+    # MSE on targets all 0 or 1 is scored as a classification unless the user says otherwise.
+    path = write_csv(tmp_path / "d.csv", [0, 1] * 21)
+    out = tmp_path / "run"
+    args = ["--dataset", str(path), "--task", "regression", "--out", str(out)]
+    assert main(["train", *TINY, *args]) == 0
+    stdout = capsys.readouterr().out
+    assert "regression)" in stdout and "loss mse" in stdout and "accuracy" not in stdout
+    assert "eval_accuracy" not in json.loads((out / "metrics.jsonl").read_text())
+
+
 def test_auto_task_trains_a_classifier(tmp_path, capsys):
     path = write_csv(tmp_path / "d.csv", [0, 1, 2] * 14)
     out = tmp_path / "run"

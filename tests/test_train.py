@@ -41,6 +41,42 @@ def test_learns_and_reports_eval_metrics(moons):
     assert history["eval_accuracy"][-1] > 0.85
 
 
+def _binary(n=64):
+    """Two inputs, one 0/1 target column: MSE on it is scored as right or wrong by default."""
+    x = jax.random.normal(jax.random.PRNGKey(3), (n, 2))
+    return x, (x[:, :1] > 0).astype(jnp.float32)
+
+
+def _fit_mse(data, **options):
+    model = mlp([4, 1], "tanh")
+    _, params = model.init(jax.random.PRNGKey(0), (2,))
+    return fit(
+        model, mse, params, data, optimizer=optax.sgd(0.1), epochs=2, batch_size=16, key=KEY,
+        progress=False, eval_data=data, **options,
+    )  # fmt: skip
+
+
+def test_accuracy_is_inferred_turned_off_or_required():
+    data = _binary()
+    assert len(_fit_mse(data)[1]["eval_accuracy"]) == 2  # 0/1 targets: scored by default
+    history = _fit_mse(data, accuracy=False)[1]
+    assert "eval_accuracy" not in history and len(history["eval_loss"]) == 2
+    assert len(_fit_mse(data, accuracy=True)[1]["eval_accuracy"]) == 2
+
+
+def test_bad_accuracy_option_is_refused_before_training():
+    x, y = _binary()
+    with pytest.raises(ValueError, match="accuracy=True, but mse on these eval labels"):
+        _fit_mse((x, y + 0.5), accuracy=True)
+    with pytest.raises(TypeError, match="accuracy must be True, False or None, got 'yes'"):
+        _fit_mse((x, y), accuracy="yes")
+    model = mlp([4, 1], "tanh")
+    _, params = model.init(jax.random.PRNGKey(0), (2,))
+    with pytest.raises(ValueError, match="accuracy=True scores eval_data"):
+        fit(model, mse, params, (x, y), optimizer=optax.sgd(0.1), epochs=1, batch_size=16,
+            key=KEY, progress=False, accuracy=True)  # fmt: skip
+
+
 def test_same_key_same_bits_and_another_key_differs(moons):
     a, _ = _run(moons)
     b, _ = _run(moons)

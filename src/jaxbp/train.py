@@ -78,6 +78,7 @@ def fit(
     resume: bool = False,
     on_epoch: Callable[[int, dict], None] | None = None,
     state: State = None,
+    accuracy: bool | None = None,
 ) -> tuple:
     """Train `params` for `epochs` epochs; returns (params, history).
 
@@ -88,6 +89,9 @@ def fit(
     train_data: (x: (n, ...), y: (n, ...)). grad: "backprop", "autodiff", or any function with
     backprop's signature (e.g. a feedback-alignment engine). history["loss"][e] is the mean training
     loss of epoch e; with eval_data, "eval_loss" and (for classification) "eval_accuracy" too.
+    accuracy: None scores eval_data's predictions right or wrong where the loss and labels say
+    how (class labels, one-hot rows, binary cross-entropy, or MSE on targets all 0 or 1); False
+    never (a regression whose targets happen to be 0/1); True insists (ValueError if they do not).
     checkpoint_dir: save params, optimizer state and history every `checkpoint_every` epochs and at
     the end; with resume=True, continue from the checkpoint found there. The same key gives the same
     bits, resumed or not. progress: None shows a bar when stderr is a terminal. devices: default
@@ -102,10 +106,11 @@ def fit(
     if eval_data is not None:
         _validate_data("eval_data", eval_data, model, params)
     _validate_counts(epochs=epochs, batch_size=batch_size, checkpoint_every=checkpoint_every)
+    scoring = _accuracy_kind(loss, eval_data, accuracy)
     batch_size = min(batch_size, len(x))
     mesh = _mesh(devices, batch_size)
     opt_state = optimizer.init(params)
-    history, start = _empty_history(eval_data), 0
+    history, start = _empty_history(eval_data, scoring), 0
     path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
     if resume and path is not None and path.exists():
         params, state, opt_state, history, start = _restore(path, params, state, opt_state, key)
@@ -117,7 +122,7 @@ def fit(
         model, loss, optimizer, engine, batch_size=batch_size, steps=steps, mesh=mesh,
         stateful=stateful,
     )  # fmt: skip
-    run_eval = _compile_eval(model, loss, _accuracy_kind(loss, eval_data))
+    run_eval = _compile_eval(model, loss, scoring)
     (params, state), opt_state, x, y = _place(mesh, (params, state), opt_state, x, y)
     eval_arrays = _place_eval(mesh, eval_data)
     bar = Progress(epochs, enabled=progress)
@@ -268,10 +273,26 @@ def _compile_eval(model, loss, accuracy_kind: str | None) -> Callable:
     return jax.jit(run)
 
 
-def _accuracy_kind(loss, data) -> str | None:
-    """How to score predictions as right or wrong, when the task is a classification."""
-    if data is None:
+def _accuracy_kind(loss, data, accuracy: bool | None = None) -> str | None:
+    """How to score predictions as right or wrong, when the task is a classification; fit's
+    accuracy= False turns it off, True requires one."""
+    if accuracy is not None and not isinstance(accuracy, bool):
+        raise TypeError(f"fit: accuracy must be True, False or None, got {accuracy!r}")
+    if accuracy is True and data is None:
+        raise ValueError("fit: accuracy=True scores eval_data; pass eval_data=(x, y)")
+    if data is None or accuracy is False:
         return None
+    kind = _inferred_accuracy(loss, data)
+    if accuracy is True and kind is None:
+        raise ValueError(
+            f"fit: accuracy=True, but {loss!r} on these eval labels has no right or "
+            "wrong: accuracy needs softmax cross-entropy, binary cross-entropy, or MSE on targets "
+            "all 0 or 1"
+        )
+    return kind
+
+
+def _inferred_accuracy(loss, data) -> str | None:
     y = np.asarray(data[1])
     if isinstance(loss, SoftmaxCrossEntropy):
         return "argmax" if np.issubdtype(y.dtype, np.integer) else "argmax_rows"
@@ -425,9 +446,9 @@ def _check_processes_agree(start, train_data, eval_data, params, opt_state, key)
 # History and checkpoints
 
 
-def _empty_history(eval_data) -> dict[str, list]:
-    names = ["loss", "epoch_time"] + ([] if eval_data is None else ["eval_loss", "eval_accuracy"])
-    return {name: [] for name in names}
+def _empty_history(eval_data, scoring: str | None) -> dict[str, list]:
+    names = ["loss", "epoch_time"] + ([] if eval_data is None else ["eval_loss"])
+    return {name: [] for name in names + ([] if scoring is None else ["eval_accuracy"])}
 
 
 def _save(path: Path, params, opt_state, history, key, epoch: int, state=None) -> None:

@@ -90,6 +90,8 @@ def train(args: argparse.Namespace) -> int:
                 checkpoint_dir=out,
                 checkpoint_every=args.checkpoint_every,
                 resume=args.resume,
+                # Said to be a regression: no accuracy, even where the targets are all 0 or 1.
+                accuracy=False if args.task == "regression" else None,
                 on_epoch=reported(args, _metrics_writer(out / "metrics.jsonl", args.resume))
                 if writer
                 else None,
