@@ -85,6 +85,19 @@ def test_gpt_backprop_matches_autodiff_and_passes_check(tie, recompute):
     assert len(names) == 30 - tie  # 2 tables, 2 x (6 + 6) in the blocks, LayerNorm 2, head 2
 
 
+def test_tied_table_starts_at_the_heads_dense_scale():
+    tied, untied = _gpt(tie=True), _gpt()
+    table = tied.init(KEY, (T,))[1][0]["table"]
+    rows = untied.init(KEY, (T,))[1][0]["table"]  # the same N(0, 1) draw, unscaled
+    # float32: one rounding in the library (a division or a product by 1 / sqrt(C)) and one here.
+    np.testing.assert_allclose(table, np.asarray(rows) / np.sqrt(C), rtol=3e-7)
+    # So the tied head's logits start near unit scale, as an untied Dense's do. Unscaled rows
+    # gave std ~sqrt(128) ~ 11 or more here; 128 features x 16 x 28 logits make the bound safe.
+    model = L.gpt(28, 16, num_layers=1, features=128, tie_weights=True)
+    logits = model.apply(model.init(KEY, (16,))[1], jnp.arange(16)[None] % 28)
+    assert 0.5 < float(jnp.std(logits)) < 2.0
+
+
 def test_tied_params_hold_the_table_once_and_its_gradient_is_the_sum(x64):
     tied, untied = _gpt(tie=True), _gpt()
     shapes = [jax.eval_shape(lambda k, m=m: m.init(k, (T,))[1], KEY) for m in (tied, untied)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,6 +23,7 @@ class Tied(_Combinator):
     table of the Embedding at path `source` (paths inside body), so one (vocab, C) matrix serves
     as both the input and the output embedding.
 
+    Init: the body's, the table scaled by 1 / sqrt(features), Dense's LeCun scale for its W.
     Forward: W = table^T is put at `target` (whose params hold only "b"), then the body's walk.
     Backward: the body's walk, then dtable += dW^T and dW leaves the tree: a parameter that two
     layers read gets the sum of their two gradients (a fan-out, as x's in Residual).
@@ -70,7 +72,11 @@ class Tied(_Combinator):
                 f"{head['W'].shape[0]} (its W is {tuple(head['W'].shape)}, the table "
                 f"{tuple(table.shape)})"
             )
-        return shape, _put(params, self.target, {k: v for k, v in head.items() if k != "W"})
+        # The head's W = table^T starts at the scale Dense would give it, 1 / sqrt(features):
+        # the Embedding's N(0, 1) rows would make logits of std sqrt(features) at step 0.
+        source = _at(params, self.source) | {"table": table / math.sqrt(table.shape[1])}
+        scaled = _put(params, self.source, source)
+        return shape, _put(scaled, self.target, {k: v for k, v in head.items() if k != "W"})
 
     def init_state(self, params):
         return init_state(self.body, self._tie(params, ()))
