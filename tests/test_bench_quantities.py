@@ -21,7 +21,10 @@ from jaxbp.bench.mlp import Config
 from jaxbp.bench.vision import VisionConfig
 from jaxbp.cli import main
 
-pytestmark = pytest.mark.filterwarnings("ignore:Full backward hook is firing")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:Full backward hook is firing"),
+    pytest.mark.xdist_group("bench_quantities"),  # its module fixture runs once, on one worker
+]
 KEY = jax.random.PRNGKey(0)
 TINY = Config("tiny", 6, (5, 3), "relu", "softmax_cross_entropy", 4)
 TINY_CNN = VisionConfig(

@@ -8,6 +8,9 @@ import pytest
 
 from jaxbp.cli import main
 
+# Its module fixture is costly: one worker runs the whole module, so the fixture runs once.
+pytestmark = pytest.mark.xdist_group("cli_sample")
+
 # A GPT small enough to compile and train one epoch in seconds: 1 block of width 16.
 TINY = ["--context", "8", "--width", "16", "--depth", "1", "--heads", "2", "--epochs", "1"]
 TINY += ["--batch-size", "256", "--no-progress", "--no-baselines"]

@@ -22,6 +22,9 @@ import pytest
 from jaxbp import checkpoint
 from jaxbp.cli import main
 
+# Its module fixture is costly: one worker runs the whole module, so the fixture runs once.
+pytestmark = pytest.mark.xdist_group("distributed")
+
 TIMEOUT = 120
 
 # The tolerance, from the arithmetic. A step's loss and gradient are means over a batch of 32. One

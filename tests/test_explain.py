@@ -26,6 +26,9 @@ from jaxbp.cli import main
 from jaxbp.explain import SEED_MODEL, chain_factors, picture_numbers, seed_params, xor_data
 from jaxbp.layers import mlp
 
+# Its module fixture is costly: one worker runs the whole module, so the fixture runs once.
+pytestmark = pytest.mark.xdist_group("explain")
+
 # All weights zero but v1 = 1: o1 = o2 = 1/2, z_B = 1/2, y' = sigmoid(1/2) for every example.
 WEIGHTS = [0, 0, 0, 0, 0, 0, 1, 0, 0]
 

@@ -29,6 +29,9 @@ from typing import NamedTuple
 
 import pytest
 
+# Its module fixture is costly: one worker runs the whole module, so the fixture runs once.
+pytestmark = pytest.mark.xdist_group("readme")
+
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 TIMEOUT_S = 600  # the blocks take ~15 s on 2 cores, most of it the 15-line example's training
