@@ -30,13 +30,12 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jaxbp import _fit_setup as setup  # argument checks, eval scoring, device placement
 from jaxbp import _multihost, _sampling, checkpoint
 from jaxbp._progress import Progress
 from jaxbp._shuffle import permutation
 from jaxbp._types import Array, Params, PRNGKey
-from jaxbp.backprop import autodiff, backprop
-from jaxbp.layers.protocol import State, eval_mode, forward_state, init_state, leaves, path_str
-from jaxbp.losses import MSE, BinaryCrossEntropy, SoftmaxCrossEntropy
+from jaxbp.layers.protocol import State, eval_mode, forward_state
 
 __all__ = [
     "fit",
@@ -47,7 +46,7 @@ __all__ = [
     "ENGINES",
 ]
 
-ENGINES: dict[str, Callable] = {"backprop": backprop, "autodiff": autodiff}
+ENGINES = setup.ENGINES  # grad="backprop" or "autodiff"
 CHECKPOINT_NAME = "checkpoint.npz"
 
 
@@ -98,17 +97,17 @@ def fit(
     jax.devices(), every process's after jax.distributed.initialize(); when they span processes,
     only process 0 writes the checkpoint and every process returns the same params and history.
     """
-    engine = _engine(grad)
+    engine = setup.engine_for(grad)
     stateful = state is not None
     if not stateful:
-        _refuse_hidden_state(model, params)
-    x, y = _validate_data("train_data", train_data, model, params)
+        setup.refuse_hidden_state(model, params)
+    x, y = setup.validate_data("train_data", train_data, model, params)
     if eval_data is not None:
-        _validate_data("eval_data", eval_data, model, params)
-    _validate_counts(epochs=epochs, batch_size=batch_size, checkpoint_every=checkpoint_every)
-    scoring = _accuracy_kind(loss, eval_data, accuracy)
+        setup.validate_data("eval_data", eval_data, model, params)
+    setup.validate_counts(epochs=epochs, batch_size=batch_size, checkpoint_every=checkpoint_every)
+    scoring = setup.accuracy_kind(loss, eval_data, accuracy)
     batch_size = min(batch_size, len(x))
-    mesh = _mesh(devices, batch_size)
+    mesh = setup.mesh_for(devices, batch_size)
     opt_state = optimizer.init(params)
     history, start = _empty_history(eval_data, scoring), 0
     path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
@@ -116,15 +115,15 @@ def fit(
         params, state, opt_state, history, start = _restore(path, params, state, opt_state, key)
     shared = _multihost.spans_processes(mesh)
     if shared:
-        _check_processes_agree(start, (x, y), eval_data, (params, state), opt_state, key)
+        setup.check_processes_agree(start, (x, y), eval_data, (params, state), opt_state, key)
     steps = len(x) // batch_size
     run_epoch = _epoch_with_state(
         model, loss, optimizer, engine, batch_size=batch_size, steps=steps, mesh=mesh,
         stateful=stateful,
     )  # fmt: skip
     run_eval = _compile_eval(model, loss, scoring)
-    (params, state), opt_state, x, y = _place(mesh, (params, state), opt_state, x, y)
-    eval_arrays = _place_eval(mesh, eval_data)
+    (params, state), opt_state, x, y = setup.place(mesh, (params, state), opt_state, x, y)
+    eval_arrays = setup.place_eval(mesh, eval_data)
     bar = Progress(epochs, enabled=progress)
     try:
         for epoch in range(start, epochs):
@@ -172,7 +171,7 @@ def make_step(
     grad: str | Callable = "backprop",
 ) -> Callable:
     """A jitted step (params, opt_state, x, y) -> (params, opt_state, loss); donates its buffers."""
-    engine = _engine(grad)
+    engine = setup.engine_for(grad)
 
     def step(params, opt_state, x, y):
         value, grads = engine(model, loss, params, x, y)
@@ -229,7 +228,7 @@ def _epoch_with_state(
     model, loss, optimizer, grad, *, batch_size, steps, mesh, stateful
 ) -> Callable:
     """make_epoch's program, state carried beside params (() for a stateless model)."""
-    engine = _engine(grad)
+    engine = setup.engine_for(grad)
     batch = None if mesh is None else NamedSharding(mesh, PartitionSpec("batch"))
 
     def epoch(params, state, opt_state, x, y, key):
@@ -259,7 +258,7 @@ def _epoch_with_state(
     return jax.jit(epoch)
 
 
-def _compile_eval(model, loss, accuracy_kind: str | None) -> Callable:
+def _compile_eval(model, loss, scoring: str | None) -> Callable:
     """Evaluation runs the model in evaluation mode (Dropout off, BatchNorm's running stats)."""
     model = eval_mode(model)
 
@@ -268,178 +267,9 @@ def _compile_eval(model, loss, accuracy_kind: str | None) -> Callable:
             y_pred = model.apply(params, x)
         else:
             y_pred = forward_state(model, params, state, x)[0]
-        return loss.apply(y_pred, y), _accuracy(accuracy_kind, y_pred, y)
+        return loss.apply(y_pred, y), setup.accuracy_of(scoring, y_pred, y)
 
     return jax.jit(run)
-
-
-def _accuracy_kind(loss, data, accuracy: bool | None = None) -> str | None:
-    """How to score predictions as right or wrong, when the task is a classification; fit's
-    accuracy= False turns it off, True requires one."""
-    if accuracy is not None and not isinstance(accuracy, bool):
-        raise TypeError(f"fit: accuracy must be True, False or None, got {accuracy!r}")
-    if accuracy is True and data is None:
-        raise ValueError("fit: accuracy=True scores eval_data; pass eval_data=(x, y)")
-    if data is None or accuracy is False:
-        return None
-    kind = _inferred_accuracy(loss, data)
-    if accuracy is True and kind is None:
-        raise ValueError(
-            f"fit: accuracy=True, but {loss!r} on these eval labels has no right or "
-            "wrong: accuracy needs softmax cross-entropy, binary cross-entropy, or MSE on targets "
-            "all 0 or 1"
-        )
-    return kind
-
-
-def _inferred_accuracy(loss, data) -> str | None:
-    y = np.asarray(data[1])
-    if isinstance(loss, SoftmaxCrossEntropy):
-        return "argmax" if np.issubdtype(y.dtype, np.integer) else "argmax_rows"
-    if isinstance(loss, BinaryCrossEntropy):
-        return "logit"
-    if isinstance(loss, MSE) and np.isin(y, (0, 1)).all():
-        return "half"  # 0/1 targets fitted with MSE, like the seed's XOR
-    return None
-
-
-def _accuracy(kind, y_pred, y):
-    if kind == "argmax":
-        return jnp.mean(jnp.argmax(y_pred, -1) == y)
-    if kind == "argmax_rows":
-        return jnp.mean(jnp.argmax(y_pred, -1) == jnp.argmax(y, -1))
-    if kind == "logit":
-        return jnp.mean((y_pred > 0) == (y > 0.5))
-    if kind == "half":
-        return jnp.mean((y_pred > 0.5) == (y > 0.5))
-    return None
-
-
-# ---------------------------------------------------------------------------------------------
-# Validation, before anything compiles
-
-
-def _engine(grad) -> Callable:
-    if callable(grad):
-        return grad
-    if grad not in ENGINES:
-        raise ValueError(
-            f"unknown gradient engine {grad!r}; valid: {', '.join(ENGINES)}, "
-            "or a function with backprop's signature"
-        )
-    return ENGINES[grad]
-
-
-def _validate_counts(**counts: int) -> None:
-    for name, value in counts.items():
-        if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
-            raise TypeError(f"{name} must be an int, got {value!r}")
-        if value <= 0:
-            raise ValueError(f"{name} must be positive, got {value}")
-
-
-def _validate_data(name: str, data, model, params) -> tuple[Array, Array]:
-    if not isinstance(data, (tuple, list)) or len(data) != 2:
-        raise TypeError(f"{name} must be a pair (x, y), got {type(data).__name__}")
-    x, y = data
-    if not hasattr(x, "shape") or not hasattr(y, "shape"):
-        raise TypeError(
-            f"{name}: x and y must be arrays, got {type(x).__name__} and {type(y).__name__}"
-        )
-    if len(x) == 0:
-        raise ValueError(f"{name} is empty: x has shape {tuple(x.shape)}")
-    if len(x) != len(y):
-        raise ValueError(f"{name}: x has {len(x)} examples but y has {len(y)}")
-    for part, array in (("x", x), ("y", y)):
-        values = np.asarray(array)
-        if np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).all():
-            bad = int((~np.isfinite(values)).sum())
-            raise ValueError(f"{name}: {part} has {bad} NaN or inf value(s)")
-    first = next(leaves(model))[1]
-    if np.issubdtype(np.asarray(x).dtype, np.integer) and hasattr(first, "check_ids"):
-        try:  # the values are known here: out-of-range ids are an error, not NaN rows later
-            first.check_ids(np.asarray(x))
-        except ValueError as error:
-            raise ValueError(f"{name}: x: {error}") from None
-    # In evaluation mode with its initial state, so Dropout needs no key and BatchNorm its stats.
-    out = jax.eval_shape(
-        lambda p, x: forward_state(eval_mode(model), p, init_state(model, p), x)[0],
-        params,
-        jax.ShapeDtypeStruct(x.shape, x.dtype),
-    )
-    if np.issubdtype(np.asarray(y).dtype, np.integer) and out.shape[:-1] == y.shape:
-        low, high, k = int(np.min(y)), int(np.max(y)), out.shape[-1]
-        if low < 0 or high >= k:
-            raise ValueError(
-                f"{name}: labels span [{low}, {high}] but the model has {k} outputs "
-                f"(classes 0..{k - 1})"
-            )
-    return x, y
-
-
-def _refuse_hidden_state(model, params) -> None:
-    """A model that keeps state must be given it: fit would otherwise drop its updates."""
-    state = jax.eval_shape(lambda p: init_state(model, p), params)
-    if jax.tree.leaves(state):
-        where = [path_str(p) for p, layer in leaves(model) if hasattr(layer, "init_state")]
-        raise ValueError(
-            f"the model keeps state (layer {', '.join(where)}): pass "
-            "state=jaxbp.layers.init_state(model, params) to fit, which then returns "
-            "(params, state, history)"
-        )
-
-
-def _mesh(devices, batch_size: int) -> Mesh | None:
-    devices = list(jax.devices() if devices is None else devices)
-    if not devices:
-        raise ValueError("devices is empty")
-    if len(devices) == 1:
-        return None
-    if batch_size % len(devices):
-        raise ValueError(
-            f"batch_size {batch_size} does not split evenly over {len(devices)} devices"
-        )
-    return Mesh(np.array(devices), ("batch",))
-
-
-def _place(mesh, params, opt_state, x, y):
-    if mesh is None:
-        return params, opt_state, jnp.asarray(x), jnp.asarray(y)
-    replicated = NamedSharding(mesh, PartitionSpec())
-    if _multihost.spans_processes(mesh):  # device_put would all-gather the data to compare it
-        return _multihost.replicate((params, opt_state, x, y), replicated)
-    return jax.device_put((params, opt_state, jnp.asarray(x), jnp.asarray(y)), replicated)
-
-
-def _place_eval(mesh, eval_data):
-    """Placed once, not copied to the device again every epoch."""
-    if eval_data is None:
-        return None
-    if _multihost.spans_processes(mesh):
-        return _multihost.replicate(tuple(eval_data), NamedSharding(mesh, PartitionSpec()))
-    return jax.device_put(tuple(map(jnp.asarray, eval_data)))
-
-
-def _check_processes_agree(start, train_data, eval_data, params, opt_state, key) -> None:
-    """Every process must bring the same inputs, or the replicas would silently mix them."""
-    data = "each process must hold the whole dataset, identical"
-    _multihost.check_same(
-        [
-            (
-                "the epoch to resume from",
-                np.int32(start),
-                "resuming needs the checkpoint folder on a filesystem every process reads",
-            ),
-            ("train_data", train_data, data),
-            ("eval_data", eval_data, data),
-            ("key", jax.random.key_data(key), "pass the same key in every process"),
-            (
-                "params or optimizer state",
-                (params, opt_state),
-                "start every process from the same values (same init key, same checkpoint)",
-            ),
-        ]
-    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import numpy as np
 import optax
 
 from jaxbp import _multihost, checkpoint, datasets, losses
+from jaxbp._fit_setup import validate_data
 from jaxbp._plot import plot_history
 from jaxbp.backprop import autodiff, backprop
 from jaxbp.cli import UsageError
@@ -25,7 +26,7 @@ from jaxbp.cli._sequence import describe_run, report_baselines, reported, sequen
 from jaxbp.cli.train import RESUMABLE, SEQUENCE_MODELS, resolve_defaults
 from jaxbp.layers import IMAGE_PRESETS, init_state, mlp, preset
 from jaxbp.losses import SoftmaxCrossEntropy
-from jaxbp.train import CHECKPOINT_NAME, TrainingDiverged, _validate_data, fit
+from jaxbp.train import CHECKPOINT_NAME, TrainingDiverged, fit
 
 
 def train(args: argparse.Namespace) -> int:
@@ -113,8 +114,8 @@ def train(args: argparse.Namespace) -> int:
 
 def _check_fit(args, model, loss, params, train_data, test_data, n_devices: int) -> None:
     """What fit would refuse about the data, loss and devices, found before any file is written."""
-    _validate_data("the training data", train_data, model, params)
-    _validate_data("the test data", test_data, model, params)
+    validate_data("the training data", train_data, model, params)
+    validate_data("the test data", test_data, model, params)
     x, y = train_data
     batch = min(args.batch_size, len(x))
     try:
