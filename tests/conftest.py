@@ -3,6 +3,8 @@ references in NumPy/SciPy float64 that share no code with jaxbp or jax.nn."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import os
 
@@ -23,6 +25,21 @@ import pytest  # noqa: E402
 from scipy import special  # noqa: E402
 
 from jaxbp._compat import enable_x64  # noqa: E402
+
+
+@contextlib.contextmanager
+def compile_records():
+    """Inside the block, the list of jax's compile log records: one per program compiled."""
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("jax")
+    logger.addHandler(handler)
+    try:
+        with jax.log_compiles(True):
+            yield records
+    finally:
+        logger.removeHandler(handler)
 
 
 @pytest.fixture

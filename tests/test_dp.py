@@ -4,7 +4,6 @@ sampling, the accountant wrapper, training under jit, and `jaxbp train --grad dp
 from __future__ import annotations
 
 import json
-import logging
 import math
 
 import jax
@@ -12,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import compile_records
 from scipy import stats
 
 from jaxbp import _sampling, _threefry, datasets, privacy
@@ -290,20 +290,13 @@ def test_fit_trains_digits_under_jit_compiling_only_in_the_first_epoch():
     model = mlp([64, 10], "relu")
     _, params = model.init(jax.random.PRNGKey(0), (64,))
     engine, b = dp_sgd(1.0, 0.8), 64
-    records, counts = [], []
-    handler = logging.Handler()
-    handler.emit = records.append
-    logger = logging.getLogger("jax")
-    logger.addHandler(handler)
-    try:
-        with jax.log_compiles(True):
-            _, history = fit(
-                model, softmax_cross_entropy, params, (x, y), optimizer=optax.adam(1e-2),
-                epochs=3, batch_size=b, key=jax.random.PRNGKey(1), grad=engine, eval_data=test,
-                on_epoch=lambda epoch, metrics: counts.append(len(records)),
-            )  # fmt: skip
-    finally:
-        logger.removeHandler(handler)
+    counts = []
+    with compile_records() as records:
+        _, history = fit(
+            model, softmax_cross_entropy, params, (x, y), optimizer=optax.adam(1e-2),
+            epochs=3, batch_size=b, key=jax.random.PRNGKey(1), grad=engine, eval_data=test,
+            on_epoch=lambda epoch, metrics: counts.append(len(records)),
+        )  # fmt: skip
     assert counts[0] > 0 and counts[2] == counts[0], counts
     steps = len(x) // b
     for e, eps in enumerate(history["epsilon"]):

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import assert_trees_close, np_forward, np_loss
+from conftest import assert_trees_close, compile_records, np_forward, np_loss
 
 from jaxbp import checkpoint, datasets, mlp, softmax_cross_entropy
 from jaxbp.losses import mse
@@ -97,20 +97,11 @@ def test_backprop_and_autodiff_engines_reach_the_same_parameters(moons):
 
 
 def test_no_recompilation_across_epochs(moons):
-    import logging
-
-    records, after_epoch = [], {}
-    handler = logging.Handler()
-    handler.emit = records.append
-    logger = logging.getLogger("jax")
-    logger.addHandler(handler)
-    try:
-        with jax.log_compiles(True):
-            jax.clear_caches()  # from cold caches, whatever ran before in this process
-            _run(moons, epochs=4, eval_data=moons[1],
-                 on_epoch=lambda epoch, _: after_epoch.setdefault(epoch, len(records)))  # fmt: skip
-    finally:
-        logger.removeHandler(handler)
+    after_epoch = {}
+    with compile_records() as records:
+        jax.clear_caches()  # from cold caches, whatever ran before in this process
+        _run(moons, epochs=4, eval_data=moons[1],
+             on_epoch=lambda epoch, _: after_epoch.setdefault(epoch, len(records)))  # fmt: skip
     # The first epoch compiles the epoch and the evaluation; epochs 2-4 compile nothing.
     assert after_epoch[1] > 0 and after_epoch[1] == after_epoch[4] == len(records), after_epoch
 
