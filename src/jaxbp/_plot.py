@@ -12,6 +12,7 @@ def plot_history(history: dict, path: str | os.PathLike, *, title: str = "") -> 
 
     matplotlib.use("Agg")  # files only; works with no display
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     from jaxbp.checkpoint import atomic_write
 
@@ -33,6 +34,8 @@ def plot_history(history: dict, path: str | os.PathLike, *, title: str = "") -> 
             title=f"eval accuracy (last {history['eval_accuracy'][-1]:.2%})",
         )
         acc.grid(alpha=0.3)
+    for panel in axes[0]:
+        panel.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     fig.suptitle(title)
     fig.tight_layout()
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
