@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
+import functools
 import os
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import jax
@@ -16,14 +14,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxbp import _multihost, checkpoint, datasets, losses
+from jaxbp import _multihost, datasets, losses
 from jaxbp._fit_setup import validate_data
 from jaxbp._plot import plot_history
 from jaxbp.backprop import autodiff, backprop
 from jaxbp.cli import UsageError
+from jaxbp.cli import _run_folder as run_folder
 from jaxbp.cli._privacy import check_dp
 from jaxbp.cli._sequence import describe_run, report_baselines, reported, sequence_model
-from jaxbp.cli.train import RESUMABLE, SEQUENCE_MODELS, resolve_defaults
+from jaxbp.cli.train import SEQUENCE_MODELS, resolve_defaults
 from jaxbp.layers import IMAGE_PRESETS, init_state, mlp, preset
 from jaxbp.losses import SoftmaxCrossEntropy
 from jaxbp.train import CHECKPOINT_NAME, TrainingDiverged, fit
@@ -50,10 +49,11 @@ def train(args: argparse.Namespace) -> int:
     privacy = check_dp(args, model, loss, params, state, (x, y))  # fills in its defaults
     config = _config(args, task=info.task, loss=loss_name, devices=len(devices))
     if args.resume:  # before the folder is created; the rest is checked under its lock
-        _require_run(args.out)
+        run_folder.require_run(args.out)
     # Across processes only process 0 locks and writes --out; all learn if that failed.
-    with _multihost.entered_once(_locked(args.out), default=args.out) as out:
-        start = _multihost.agree(_multihost.run_once(lambda: _prepare_out(args, config), default=0))
+    with _multihost.entered_once(run_folder.locked(args.out), default=args.out) as out:
+        prepare = functools.partial(run_folder.prepare_out, args, config)
+        start = _multihost.agree(_multihost.run_once(prepare, default=0))
         if start == args.epochs:
             print(
                 f"jaxbp train: the run in {out} has trained all its {start} epochs; "
@@ -75,6 +75,9 @@ def train(args: argparse.Namespace) -> int:
         if start:
             print(f"resumed from epoch {start} ({out / CHECKPOINT_NAME}), on to {args.epochs}")
         steps = max(len(x) // min(args.batch_size, len(x)), 1)  # per epoch
+        on_epoch = None
+        if writer:  # a resumed run's metrics.jsonl is cut back to its checkpoint's epochs here
+            on_epoch = reported(args, run_folder.metrics_writer(out / "metrics.jsonl", args.resume))
         t0 = time.perf_counter()
         try:
             *params, history = fit(
@@ -95,9 +98,7 @@ def train(args: argparse.Namespace) -> int:
                 resume=args.resume,
                 # Said to be a regression: no accuracy, even where the targets are all 0 or 1.
                 accuracy=False if args.task == "regression" else None,
-                on_epoch=reported(args, _metrics_writer(out / "metrics.jsonl", args.resume))
-                if writer
-                else None,
+                on_epoch=on_epoch,
                 **with_state,
             )
         except TrainingDiverged as error:
@@ -167,125 +168,6 @@ def _config(args, **resolved) -> dict:
         k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in skip
     }
     return given | resolved
-
-
-def _metrics_writer(path: Path, resume: bool):
-    """Append one JSON line per epoch; a resumed run first keeps only the checkpoint's epochs."""
-    saved = path.parent / CHECKPOINT_NAME
-    _rewrite_metrics(path, saved if resume and saved.exists() else None)
-
-    def on_epoch(epoch, metrics):
-        with path.open("a") as f:
-            f.write(json.dumps({"epoch": epoch, **metrics}) + "\n")
-
-    return on_epoch
-
-
-@contextlib.contextmanager
-def _locked(out: Path) -> Iterator[Path]:
-    """Hold the lock of `out` for the run: a second run into it stops at once, naming this one."""
-    with contextlib.ExitStack() as stack:
-        try:
-            stack.enter_context(checkpoint.lock_folder(out))
-        except checkpoint.FolderLocked as error:
-            raise UsageError(
-                f"{out} is in use by another run ({error.holder or 'pid unknown'}); "
-                "wait for it to end, or choose another --out"
-            ) from None
-        except OSError as error:
-            raise UsageError(
-                f"cannot write to output folder {out}: {error.strerror or error}"
-            ) from None
-        yield out
-
-
-def _prepare_out(args, config: dict) -> int:
-    """Check `out` against what was asked, then write config.json; the epoch to resume from."""
-    out: Path = args.out
-    if (out / CHECKPOINT_NAME).exists() and not (args.resume or args.overwrite):
-        raise UsageError(
-            f"{out} already holds a run ({CHECKPOINT_NAME}); pass --resume to continue it, "
-            "--overwrite to replace it, or another --out"
-        )
-    start = _resume_epoch(args, config) if args.resume else 0
-    if start == args.epochs:  # finished: every file stays as it is
-        return start
-    for name in (CHECKPOINT_NAME, "config.json", "metrics.jsonl"):  # a killed run's temp files
-        for tmp in out.glob(f".{name}.*.tmp"):
-            tmp.unlink()
-    checkpoint.atomic_write(
-        out / "config.json", lambda f: f.write(json.dumps(config, indent=2).encode())
-    )
-    if args.overwrite:
-        for name in (CHECKPOINT_NAME, "metrics.jsonl", "plot.png"):
-            (out / name).unlink(missing_ok=True)
-    return start
-
-
-def _resume_epoch(args, config: dict) -> int:
-    """The epoch the checkpoint in `out` reached, once its run is known to match `config`."""
-    out: Path = args.out
-    _require_run(out)
-    changed = _differences(args, config, out / "config.json")
-    if changed:
-        raise UsageError(
-            f"--resume with settings that differ from the run in {out}: {'; '.join(changed)}"
-        )
-    epoch = int(checkpoint.load(out / CHECKPOINT_NAME)[1]["epoch"])
-    if epoch > args.epochs:
-        raise UsageError(
-            f"--epochs {args.epochs}: the run in {out} has already trained {epoch} epochs"
-        )
-    return epoch
-
-
-def _require_run(out: Path) -> None:
-    """--resume needs a checkpoint to resume from."""
-    if not (out / CHECKPOINT_NAME).is_file():
-        raise UsageError(
-            f"--resume: no run to resume in {out} (no {CHECKPOINT_NAME}); "
-            "leave out --resume to start one"
-        )
-
-
-def _differences(args, config: dict, saved: Path) -> list[str]:
-    """Each setting --resume may not change that `config` gives otherwise than `saved` holds."""
-    before = json.loads(saved.read_text()) if saved.exists() else {}
-    changed = []
-    for name, value in config.items():
-        if name in RESUMABLE or before.get(name, value) == value:  # absent: newer than the run
-            continue
-        if before[name] is None and getattr(args, name, None) is None:
-            continue  # a config written before defaults were resolved holds null for them
-        flag = "--" + name.replace("_", "-")
-        changed.append(f"{flag}: run has {_shown(before[name])}, you gave {_shown(value)}")
-    return changed
-
-
-def _shown(value) -> str:
-    """A setting as it is typed on the command line."""
-    if isinstance(value, list):
-        return ",".join(map(str, value)) or "''"
-    return "none" if value is None else str(value)
-
-
-def _rewrite_metrics(path: Path, checkpoint_path) -> None:
-    """metrics.jsonl restarts with the epochs the checkpoint kept, so lines match parameters."""
-    lines = []
-    if checkpoint_path:
-        history = checkpoint.load(checkpoint_path)[1]["history"]
-        for epoch in range(len(history["loss"])):
-            lines.append(
-                json.dumps(
-                    {
-                        "epoch": epoch + 1,
-                        **{k: v[epoch] for k, v in history.items() if len(v) > epoch},
-                    }
-                )
-            )
-    checkpoint.atomic_write(
-        path, lambda f: f.write("".join(line + "\n" for line in lines).encode())
-    )
 
 
 def _report_gradient_check(model, loss, params, x, y, **options) -> None:
