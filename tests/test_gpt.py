@@ -89,7 +89,8 @@ def test_tied_table_starts_at_the_heads_dense_scale():
     tied, untied = _gpt(tie=True), _gpt()
     table = tied.init(KEY, (T,))[1][0]["table"]
     rows = untied.init(KEY, (T,))[1][0]["table"]  # the same N(0, 1) draw, unscaled
-    # float32: one rounding in the library (a division or a product by 1 / sqrt(C)) and one here.
+    # The library rounds to float32 once or twice (a division, or a product by 1 / sqrt(C)):
+    # <= 1.5 ulp, 1.8e-7 relative; the reference here is divided in float64.
     np.testing.assert_allclose(table, np.asarray(rows) / np.sqrt(C), rtol=3e-7)
     # So the tied head's logits start near unit scale, as an untied Dense's do. Unscaled rows
     # gave std ~sqrt(128) ~ 11 or more here; 128 features x 16 x 28 logits make the bound safe.
