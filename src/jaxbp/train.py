@@ -25,17 +25,15 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxbp import _fit_setup as setup  # argument checks, eval scoring, device placement
-from jaxbp import _multihost, _sampling, checkpoint
+from jaxbp import _multihost, checkpoint
+from jaxbp._epoch import compile_eval, epoch_program, make_epoch, make_step
 from jaxbp._progress import Progress
-from jaxbp._shuffle import permutation
 from jaxbp._types import Array, Params, PRNGKey
-from jaxbp.layers.protocol import State, eval_mode, forward_state
+from jaxbp.layers.protocol import State
 
 __all__ = [
     "fit",
@@ -117,11 +115,11 @@ def fit(
     if shared:
         setup.check_processes_agree(start, (x, y), eval_data, (params, state), opt_state, key)
     steps = len(x) // batch_size
-    run_epoch = _epoch_with_state(
+    run_epoch = epoch_program(
         model, loss, optimizer, engine, batch_size=batch_size, steps=steps, mesh=mesh,
         stateful=stateful,
     )  # fmt: skip
-    run_eval = _compile_eval(model, loss, scoring)
+    run_eval = compile_eval(model, loss, scoring)
     (params, state), opt_state, x, y = setup.place(mesh, (params, state), opt_state, x, y)
     eval_arrays = setup.place_eval(mesh, eval_data)
     bar = Progress(epochs, enabled=progress)
@@ -164,23 +162,6 @@ def fit(
     return (params, state, history) if stateful else (params, history)
 
 
-def make_step(
-    model: Any,
-    loss: Any,
-    optimizer: optax.GradientTransformation,
-    grad: str | Callable = "backprop",
-) -> Callable:
-    """A jitted step (params, opt_state, x, y) -> (params, opt_state, loss); donates its buffers."""
-    engine = setup.engine_for(grad)
-
-    def step(params, opt_state, x, y):
-        value, grads = engine(model, loss, params, x, y)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, value
-
-    return jax.jit(step, donate_argnums=(0, 1))
-
-
 def _evaluate(run_eval: Callable, params: Params, state, data: tuple[Array, Array]) -> dict:
     """Eval loss (and accuracy when the task has one) of params on data, as plain floats."""
     value, accuracy = run_eval(params, state, *data)
@@ -188,88 +169,6 @@ def _evaluate(run_eval: Callable, params: Params, state, data: tuple[Array, Arra
     if accuracy is not None:
         out["eval_accuracy"] = float(accuracy)
     return out
-
-
-# ---------------------------------------------------------------------------------------------
-# Compiled pieces
-
-
-def make_epoch(
-    model: Any,
-    loss: Any,
-    optimizer: optax.GradientTransformation,
-    grad: str | Callable = "backprop",
-    *,
-    batch_size: int,
-    steps: int,
-    mesh: Mesh | None = None,
-    stateful: bool = False,
-) -> Callable:
-    """A whole epoch, jitted: (params, opt_state, x, y, key) -> (params, opt_state, mean loss);
-    with stateful=True, (params, state, opt_state, x, y, key) -> (params, state, opt_state, loss).
-
-    It shuffles x: (n, ...) and y with key, then scans `steps` optimizer steps of `batch_size`.
-    """
-    epoch = _epoch_with_state(
-        model, loss, optimizer, grad, batch_size=batch_size, steps=steps, mesh=mesh,
-        stateful=stateful,
-    )  # fmt: skip
-    if stateful:
-        return epoch
-
-    def stateless(params, opt_state, x, y, key):
-        params, _, opt_state, value = epoch(params, (), opt_state, x, y, key)
-        return params, opt_state, value
-
-    return stateless
-
-
-def _epoch_with_state(
-    model, loss, optimizer, grad, *, batch_size, steps, mesh, stateful
-) -> Callable:
-    """make_epoch's program, state carried beside params (() for a stateless model)."""
-    engine = setup.engine_for(grad)
-    batch = None if mesh is None else NamedSharding(mesh, PartitionSpec("batch"))
-
-    def epoch(params, state, opt_state, x, y, key):
-        shuffle_key, step_key = jax.random.split(key)
-        order = permutation(shuffle_key, len(x))[: steps * batch_size]
-        # The engine itself, or for one that asks for Poisson sampling (DP-SGD) its own batches.
-        grad_fn = _sampling.for_epoch(engine, x, y, batch_size=batch_size, shard=batch)
-
-        def step(carry, inputs):
-            params, state, opt_state = carry
-            i, idx = inputs
-            xb, yb = x[idx], y[idx]
-            if batch is not None:  # split the batch over devices; XLA all-reduces the gradient
-                xb, yb = jax.lax.with_sharding_constraint((xb, yb), batch)
-            k = jax.random.fold_in(step_key, i)
-            if stateful:
-                value, grads, state = grad_fn(model, loss, params, xb, yb, key=k, state=state)
-            else:
-                value, grads = grad_fn(model, loss, params, xb, yb, key=k)
-            updates, opt_state = optimizer.update(grads, opt_state, params)
-            return (optax.apply_updates(params, updates), state, opt_state), value
-
-        indices = (jnp.arange(steps), order.reshape(steps, batch_size))
-        carry, values = jax.lax.scan(step, (params, state, opt_state), indices)
-        return (*carry, values.mean())
-
-    return jax.jit(epoch)
-
-
-def _compile_eval(model, loss, scoring: str | None) -> Callable:
-    """Evaluation runs the model in evaluation mode (Dropout off, BatchNorm's running stats)."""
-    model = eval_mode(model)
-
-    def run(params, state, x, y):
-        if state is None:
-            y_pred = model.apply(params, x)
-        else:
-            y_pred = forward_state(model, params, state, x)[0]
-        return loss.apply(y_pred, y), setup.accuracy_of(scoring, y_pred, y)
-
-    return jax.jit(run)
 
 
 # ---------------------------------------------------------------------------------------------
