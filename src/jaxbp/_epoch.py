@@ -1,5 +1,6 @@
 """The compiled programs of training, public through `jaxbp.train`: one optimizer step
-(`make_step`), one epoch as a `lax.scan` (`make_epoch`), and evaluation."""
+(`make_step`), one epoch as a `lax.scan` (`make_epoch`), and evaluation. Keys and state reach the
+gradient engine as fit passes them; a model whose state a program would drop is refused."""
 
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxbp import _fit_setup as setup  # the engine for grad=, accuracy scoring
 from jaxbp import _sampling
 from jaxbp._shuffle import permutation
-from jaxbp.layers.protocol import eval_mode, forward_state
+from jaxbp._types import Params
+from jaxbp.layers.protocol import eval_mode, forward_state, init_state, leaves, path_str
 
-__all__ = ["make_step", "make_epoch", "epoch_program", "compile_eval"]
+__all__ = ["make_step", "make_epoch", "epoch_program", "compile_eval", "refuse_dropped_state"]
 
 
 def make_step(
@@ -25,15 +27,47 @@ def make_step(
     optimizer: optax.GradientTransformation,
     grad: str | Callable = "backprop",
 ) -> Callable:
-    """A jitted step (params, opt_state, x, y) -> (params, opt_state, loss); donates its buffers."""
+    """One optimizer step on one batch, jitted, donating params, opt_state and state:
+
+        step(params, opt_state, x, y, *, key=None, state=None) -> (params, opt_state, loss)
+        with state=...                         -> (params, state, opt_state, loss)
+
+    x: (batch, ...), y: (batch, ...). The engine gets key= and state= as fit's step passes them
+    (each only when given). A model with Dropout in training needs key= (a fresh one each step,
+    e.g. fold_in(key, step)); one that keeps state (BatchNorm) needs state=, first
+    init_state(model, params), then the state the last step returned: without it the step
+    raises ValueError naming the layers when it traces (before anything runs or is donated),
+    rather than drop their running statistics.
+
+    An engine that asks for Poisson sampling (engine.sampling == "poisson", DP-SGD) is refused:
+    that sampling draws each step's examples from the whole training set, which one step on a
+    given batch does not have, and the accountant's epsilon holds only for it. fit and
+    make_epoch sample for such an engine.
+    """
     engine = setup.engine_for(grad)
+    if getattr(engine, "sampling", None) == "poisson":
+        raise ValueError(
+            f"make_step: {engine!r} asks for Poisson sampling, which draws each step's batch "
+            "from the whole training set; a step on a given batch is not that sampling and the "
+            "accountant's epsilon would not hold for it: train with fit or make_epoch"
+        )
+    remedy = (
+        "pass state=jaxbp.layers.init_state(model, params), then the state each step returns: "
+        "step(params, opt_state, x, y, state=state) -> (params, state, opt_state, loss)"
+    )
 
-    def step(params, opt_state, x, y):
-        value, grads = engine(model, loss, params, x, y)
+    def step(params, opt_state, x, y, *, key=None, state=None):
+        options = {} if key is None else {"key": key}
+        if state is None:
+            refuse_dropped_state("make_step", model, params, remedy)
+            value, grads = engine(model, loss, params, x, y, **options)
+        else:
+            value, grads, state = engine(model, loss, params, x, y, state=state, **options)
         updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, value
+        params = optax.apply_updates(params, updates)
+        return (params, opt_state, value) if state is None else (params, state, opt_state, value)
 
-    return jax.jit(step, donate_argnums=(0, 1))
+    return jax.jit(step, donate_argnames=("params", "opt_state", "state"))
 
 
 def make_epoch(
@@ -50,7 +84,9 @@ def make_epoch(
     """A whole epoch, jitted: (params, opt_state, x, y, key) -> (params, opt_state, mean loss);
     with stateful=True, (params, state, opt_state, x, y, key) -> (params, state, opt_state, loss).
 
-    It shuffles x: (n, ...) and y with key, then scans `steps` optimizer steps of `batch_size`.
+    It shuffles x: (n, ...) and y with key, then scans `steps` optimizer steps of `batch_size`,
+    step i's engine getting key fold_in(k, i) (Dropout's masks) as in fit. A model that keeps
+    state needs stateful=True: without it the epoch raises ValueError naming the layers.
     """
     epoch = epoch_program(
         model, loss, optimizer, grad, batch_size=batch_size, steps=steps, mesh=mesh,
@@ -58,12 +94,30 @@ def make_epoch(
     )  # fmt: skip
     if stateful:
         return epoch
+    remedy = (
+        "make_epoch(..., stateful=True) carries it: "
+        "(params, state, opt_state, x, y, key) -> (params, state, opt_state, loss)"
+    )
 
     def stateless(params, opt_state, x, y, key):
+        refuse_dropped_state("make_epoch", model, params, remedy)
         params, _, opt_state, value = epoch(params, (), opt_state, x, y, key)
         return params, opt_state, value
 
-    return stateless
+    return jax.jit(stateless)  # so the check above runs once, when it traces
+
+
+def refuse_dropped_state(caller: str, model: Any, params: Params, remedy: str) -> None:
+    """A model that keeps state must be given it: a program without it would drop the updates
+    (BatchNorm's running statistics) without a word. Shapes only: runs inside a trace."""
+    if not jax.tree.leaves(jax.eval_shape(lambda p: init_state(model, p), params)):
+        return
+    where = ", ".join(
+        f"layer {path_str(path)} {layer!r}"
+        for path, layer in leaves(model)
+        if hasattr(layer, "init_state")
+    )
+    raise ValueError(f"{caller}: the model keeps state ({where}), which would be lost: {remedy}")
 
 
 def epoch_program(model, loss, optimizer, grad, *, batch_size, steps, mesh, stateful) -> Callable:
