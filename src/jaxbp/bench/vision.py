@@ -17,6 +17,7 @@ from jaxbp.bench import peers
 from jaxbp.bench._timing import interleaved, ratio
 from jaxbp.layers import cnn, init_state, resnet
 from jaxbp.losses import get as get_loss
+from jaxbp.train import make_step
 
 BUILDERS: dict[str, Callable[..., Any]] = {"cnn": cnn, "resnet": resnet}
 ENGINES = {"backprop": backprop, "autodiff": autodiff}
@@ -77,25 +78,13 @@ def gradient_fn(model, loss, grad: str) -> Callable:
     return lambda p, s, x, y: engine(model, loss, p, x, y, state=s)
 
 
-def make_step(model, loss, optimizer, grad: str = "backprop") -> Callable:
-    """A jitted optax step (params, state, opt_state, x, y) -> (params, state, opt_state, loss);
-    donates params, state and opt_state (train.make_step's, with the state carried)."""
-    gradient = gradient_fn(model, loss, grad)
-
-    def step(params, state, opt_state, x, y):
-        value, grads, state = gradient(params, state, x, y)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), state, opt_state, value
-
-    return jax.jit(step, donate_argnums=(0, 1, 2))
-
-
 def stepper(step, params, state, opt_state, x, y) -> Callable:
-    """step as a zero-argument call that carries (params, state, opt_state) from call to call."""
+    """train.make_step's step, with state, as a zero-argument call that carries (params, state,
+    opt_state) from call to call; it donates them, so the carry starts from copies."""
     carry = [jax.tree.map(jnp.copy, params), jax.tree.map(jnp.copy, state), opt_state]
 
     def call():
-        carry[0], carry[1], carry[2], value = step(*carry, x, y)
+        carry[0], carry[1], carry[2], value = step(carry[0], carry[2], x, y, state=carry[1])
         return value
 
     return call
