@@ -8,16 +8,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import math
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from importlib import metadata
 
-VERBS = ("train", "sample", "check", "explain", "bench")
+from jaxbp.cli._common import VERBS, UsageError, number
 
-
-class UsageError(Exception):
-    """A problem with what the user asked for: reported in one line, exit status 2."""
+__all__ = ["VERBS", "UsageError", "build_parser", "main", "number"]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -25,27 +22,6 @@ class _Parser(argparse.ArgumentParser):
         if self.prog == "jaxbp" and "required: VERB" in message:
             message += f" (one of {', '.join(VERBS)}; see jaxbp --help)"
         self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def number(kind: type, *, zero: bool = False, negative: bool = False) -> Callable[[str], float]:
-    """An argparse type: a finite `kind` (int or float), positive unless `zero` or `negative`
-    allow those."""
-
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            expected = "an integer" if kind is int else "a number"
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
-        if not math.isfinite(value):
-            raise argparse.ArgumentTypeError(f"must be finite, got {text}")
-        if not negative and (value < 0 or (value == 0 and not zero)):
-            bound = ">= 0" if zero else "positive"
-            raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")
-        return value
-
-    parse.__name__ = kind.__name__
-    return parse
 
 
 def _version() -> str:

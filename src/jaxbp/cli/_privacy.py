@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import jax
 
-from jaxbp.cli import UsageError
+from jaxbp.cli._common import UsageError
 
 DP_OPTIONS = {"clip_norm": 1.0, "noise_multiplier": 1.0, "delta": 1e-5}  # --grad dp's defaults
 

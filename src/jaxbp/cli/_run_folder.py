@@ -9,8 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from jaxbp import checkpoint
-from jaxbp.cli import UsageError
-from jaxbp.cli.train import RESUMABLE
+from jaxbp.cli._common import UsageError
+from jaxbp.cli._train_options import RESUMABLE
 from jaxbp.train import CHECKPOINT_NAME
 
 

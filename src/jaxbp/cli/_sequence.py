@@ -10,7 +10,7 @@ import jax
 import numpy as np
 
 from jaxbp import charlm, checkpoint, datasets
-from jaxbp.cli.train import SEQUENCE_MODELS
+from jaxbp.cli._train_options import SEQUENCE_MODELS
 from jaxbp.layers import char_rnn, gpt
 from jaxbp.train import CHECKPOINT_NAME
 

@@ -18,11 +18,11 @@ from jaxbp import _multihost, datasets, losses
 from jaxbp._fit_setup import validate_data
 from jaxbp._plot import plot_history
 from jaxbp.backprop import autodiff, backprop
-from jaxbp.cli import UsageError
 from jaxbp.cli import _run_folder as run_folder
+from jaxbp.cli._common import UsageError
 from jaxbp.cli._privacy import check_dp
 from jaxbp.cli._sequence import describe_run, report_baselines, reported, sequence_model
-from jaxbp.cli.train import SEQUENCE_MODELS, resolve_defaults
+from jaxbp.cli._train_options import SEQUENCE_MODELS, resolve_defaults
 from jaxbp.layers import IMAGE_PRESETS, init_state, mlp, preset
 from jaxbp.losses import SoftmaxCrossEntropy
 from jaxbp.train import CHECKPOINT_NAME, TrainingDiverged, fit

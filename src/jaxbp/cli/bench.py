@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
 
     from jaxbp import bench
     from jaxbp.checkpoint import atomic_write
-    from jaxbp.cli import UsageError
+    from jaxbp.cli._common import UsageError
 
     customs = [bench.parse_config(spec) for spec in args.model]
     names = args.configs or (["seed", "digits"] if args.quick else list(CONFIG_NAMES))

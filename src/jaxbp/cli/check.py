@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxbp.cli import UsageError, number
+from jaxbp.cli._common import UsageError, number
 
 HELP = "check backward rules against jax.vjp, finite differences and the dot-product test"
 

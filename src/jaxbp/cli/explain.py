@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import argparse
 
-from jaxbp.cli import UsageError, number
+from jaxbp.cli._common import UsageError, number
 
 HELP = "the seed's example, step by step, with numbers"
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from jaxbp.cli import number
+from jaxbp.cli._common import number
 
 HELP = "draw names from a character model trained by `jaxbp train --model gpt` (or lstm)"
 
