@@ -52,6 +52,16 @@ def test_sample_refuses_a_run_that_is_not_a_character_model(tmp_path, capsys):
     assert "needs one trained with --model gpt or lstm" in err and err.count("\n") == 1
 
 
+def test_a_bug_while_sampling_is_not_reported_as_bad_input(gpt_run, monkeypatch, capsys):
+    def broken(*args, **kwargs):
+        raise ValueError("internal: a shape mismatch")
+
+    monkeypatch.setattr("jaxbp.charlm.sample", broken)
+    with pytest.raises(ValueError, match="internal: a shape mismatch"):
+        main(["sample", str(gpt_run)])
+    assert capsys.readouterr().err == ""
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [

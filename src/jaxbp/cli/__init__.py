@@ -1,7 +1,9 @@
 """The `jaxbp` command: one verb per module in this package, and the error policy they share.
 
 Each verb module defines HELP (one line), `configure(parser)` and `run(args) -> int`.
-Bad arguments and bad input exit with status 2 and a one-line message, never a traceback.
+Bad arguments and bad input exit with status 2 and a one-line message, never a traceback; a bug
+inside jaxbp is not dressed as bad input: its traceback shows and the exit status is 1
+(see `jaxbp.cli._common`).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from importlib import metadata
 
-from jaxbp.cli._common import VERBS, UsageError, number
+from jaxbp.cli._common import VERBS, UsageError, number, reason
 
 __all__ = ["VERBS", "UsageError", "build_parser", "main", "number"]
 
@@ -61,15 +63,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("\njaxbp: error: give a verb, e.g. `jaxbp train`", file=sys.stderr)
         return 2
     args = parser.parse_args(argv)
+    # Only a UsageError is the user's. An OSError is too where it comes from a path the user
+    # named; each verb turns those into UsageError where it reads or writes that path. Any other
+    # OSError (a disk that fills mid-run, a file of jaxbp's own) is neither bad input nor to be
+    # hidden, so it goes on, with every other exception, to Python: a traceback and exit 1.
     try:
         return int(args.run(args) or 0)
+    except UsageError as error:
+        print(f"jaxbp {args.verb}: error: {reason(error)}", file=sys.stderr)
+        return 2
     except BrokenPipeError:  # e.g. `jaxbp check | head`: the reader left; not an error of ours
         sys.stderr.close()
         return 0
-    except (UsageError, ValueError, TypeError, OSError) as error:
-        message = " ".join(str(error).split()) or type(error).__name__
-        print(f"jaxbp {args.verb}: error: {message}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print(f"jaxbp {args.verb}: interrupted", file=sys.stderr)
         return 130

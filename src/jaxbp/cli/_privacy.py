@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import jax
 
-from jaxbp.cli._common import UsageError
+from jaxbp.cli._common import UsageError, bad_input
 
 DP_OPTIONS = {"clip_norm": 1.0, "noise_multiplier": 1.0, "delta": 1e-5}  # --grad dp's defaults
 
@@ -22,18 +22,16 @@ def check_dp(args, model, loss, params, state, train_data) -> str:
         setattr(args, name, default if getattr(args, name) is None else getattr(args, name))
     from jaxbp.quantities.dp import dp_sgd
 
-    try:
+    with bad_input("--grad dp", (ImportError, ValueError)):  # no dp-accounting, or a bad option
         engine = dp_sgd(args.clip_norm, args.noise_multiplier, delta=args.delta)
-    except ImportError as error:
-        raise UsageError(f"--grad dp: {error}") from None
     (x, y), key = train_data, jax.random.PRNGKey(0)
     options = {"state": state} if jax.tree.leaves(state) else {}
-    try:  # traced only: a layer that mixes examples (BatchNorm in training) raises here
+    # Traced only: a layer that mixes examples (BatchNorm in training) raises here.
+    with bad_input("--grad dp needs per-example gradients", (NotImplementedError, ValueError)):
         jax.eval_shape(lambda p: engine(model, loss, p, x[:2], y[:2], key=key, **options), params)
-    except (NotImplementedError, ValueError) as error:
-        raise UsageError(f"--grad dp needs per-example gradients: {error}") from None
     batch, steps = min(args.batch_size, len(x)), len(x) // min(args.batch_size, len(x))
-    total = engine.epoch_metrics(steps=args.epochs * steps, n=len(x), batch_size=batch)
+    with bad_input("--grad dp: the privacy accountant refused the run's settings"):
+        total = engine.epoch_metrics(steps=args.epochs * steps, n=len(x), batch_size=batch)
     spent = f"epsilon {total['epsilon']:.3g}" if total else "no privacy (noise multiplier 0)"
     return (
         f"DP-SGD: clip norm {args.clip_norm:g}, noise multiplier {args.noise_multiplier:g}, "

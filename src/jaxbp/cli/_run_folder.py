@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from jaxbp import checkpoint
-from jaxbp.cli._common import UsageError
+from jaxbp.cli._common import UsageError, bad_input
 from jaxbp.cli._train_options import RESUMABLE
 from jaxbp.train import CHECKPOINT_NAME
 
@@ -17,7 +17,8 @@ from jaxbp.train import CHECKPOINT_NAME
 def metrics_writer(path: Path, resume: bool):
     """Append one JSON line per epoch; a resumed run first keeps only the checkpoint's epochs."""
     saved = path.parent / CHECKPOINT_NAME
-    _rewrite_metrics(path, saved if resume and saved.exists() else None)
+    with _writing(path.parent):
+        _rewrite_metrics(path, saved if resume and saved.exists() else None)
 
     def on_epoch(epoch, metrics):
         with path.open("a") as f:
@@ -55,28 +56,35 @@ def prepare_out(args, config: dict) -> int:
     start = _resume_epoch(args, config) if args.resume else 0
     if start == args.epochs:  # finished: every file stays as it is
         return start
-    for name in (CHECKPOINT_NAME, "config.json", "metrics.jsonl"):  # a killed run's temp files
-        for tmp in out.glob(f".{name}.*.tmp"):
-            tmp.unlink()
-    checkpoint.atomic_write(
-        out / "config.json", lambda f: f.write(json.dumps(config, indent=2).encode())
-    )
-    if args.overwrite:
-        for name in (CHECKPOINT_NAME, "metrics.jsonl", "plot.png"):
-            (out / name).unlink(missing_ok=True)
+    with _writing(out):
+        for name in (CHECKPOINT_NAME, "config.json", "metrics.jsonl"):  # a killed run's temps
+            for tmp in out.glob(f".{name}.*.tmp"):
+                tmp.unlink()
+        checkpoint.atomic_write(
+            out / "config.json", lambda f: f.write(json.dumps(config, indent=2).encode())
+        )
+        if args.overwrite:
+            for name in (CHECKPOINT_NAME, "metrics.jsonl", "plot.png"):
+                (out / name).unlink(missing_ok=True)
     return start
+
+
+def _writing(out: Path):
+    """Around writes into --out before training: one that fails is the user's folder's fault."""
+    return bad_input(f"cannot write to output folder {out}", (OSError,))
 
 
 def _resume_epoch(args, config: dict) -> int:
     """The epoch the checkpoint in `out` reached, once its run is known to match `config`."""
     out: Path = args.out
     require_run(out)
-    changed = _differences(args, config, out / "config.json")
+    with bad_input(f"--resume: the run in {out}", (ValueError, OSError)):  # a corrupt file
+        changed = _differences(args, config, out / "config.json")
+        epoch = int(checkpoint.load(out / CHECKPOINT_NAME)[1]["epoch"])
     if changed:
         raise UsageError(
             f"--resume with settings that differ from the run in {out}: {'; '.join(changed)}"
         )
-    epoch = int(checkpoint.load(out / CHECKPOINT_NAME)[1]["epoch"])
     if epoch > args.epochs:
         raise UsageError(
             f"--epochs {args.epochs}: the run in {out} has already trained {epoch} epochs"

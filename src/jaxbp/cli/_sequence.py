@@ -10,6 +10,7 @@ import jax
 import numpy as np
 
 from jaxbp import charlm, checkpoint, datasets
+from jaxbp.cli._common import UsageError, bad_input
 from jaxbp.cli._train_options import SEQUENCE_MODELS
 from jaxbp.layers import char_rnn, gpt
 from jaxbp.train import CHECKPOINT_NAME
@@ -75,22 +76,27 @@ def report_baselines(args, train_data, eval_data, history, out: Path) -> None:
 
 
 def load_run(run_dir: Path) -> tuple:
-    """(model, params, config) of a character model's run folder; a UsageError-worthy
-    ValueError for anything else."""
+    """(model, params, config) of a character model's run folder; a UsageError for a folder
+    that holds none, or whose files cannot be read as one."""
     config_path, saved = run_dir / "config.json", run_dir / CHECKPOINT_NAME
     if not run_dir.is_dir():
-        raise ValueError(f"{run_dir}: no such run folder")
+        raise UsageError(f"{run_dir}: no such run folder")
     if not config_path.is_file() or not saved.is_file():
-        raise ValueError(f"{run_dir} holds no finished run (config.json and {saved.name})")
-    config = json.loads(config_path.read_text())
+        raise UsageError(f"{run_dir} holds no finished run (config.json and {saved.name})")
+    with bad_input(f"{config_path}", (ValueError, OSError)):
+        config = json.loads(config_path.read_text())
     if config.get("model") not in SEQUENCE_MODELS:
-        raise ValueError(
+        raise UsageError(
             f"{run_dir} holds a {config.get('model') or 'MLP'} run on {config.get('dataset')}: "
             "jaxbp sample needs one trained with --model gpt or lstm"
         )
-    model = sequence_model(config)
-    _, like = jax.eval_shape(lambda k: model.init(k, (config["context"],)), jax.random.PRNGKey(0))
-    return model, _saved_params(saved, like), config
+    # The network as the file gives it: a setting missing, or one gpt() or char_rnn() refuses.
+    with bad_input(f"{config_path}", (KeyError, ValueError, TypeError)):
+        model, context = sequence_model(config), int(config["context"])
+    _, like = jax.eval_shape(lambda k: model.init(k, (context,)), jax.random.PRNGKey(0))
+    with bad_input(errors=(ValueError, OSError)):  # not a checkpoint, or not this model's
+        params = _saved_params(saved, like)
+    return model, params, config
 
 
 def _saved_params(path: Path, like):

@@ -19,7 +19,7 @@ from jaxbp._fit_setup import validate_data
 from jaxbp._plot import plot_history
 from jaxbp.backprop import autodiff, backprop
 from jaxbp.cli import _run_folder as run_folder
-from jaxbp.cli._common import UsageError
+from jaxbp.cli._common import UsageError, bad_input, reason
 from jaxbp.cli._privacy import check_dp
 from jaxbp.cli._sequence import describe_run, report_baselines, reported, sequence_model
 from jaxbp.cli._train_options import SEQUENCE_MODELS, resolve_defaults
@@ -37,7 +37,8 @@ def train(args: argparse.Namespace) -> int:
     images = _wants_images(args)
     (x, y), (x_test, y_test), info = _load(args.dataset, args.task, images, args.context)
     loss_name = args.loss or ("softmax_cross_entropy" if info.task == "classification" else "mse")
-    loss = losses.get(loss_name)
+    with bad_input("--loss"):
+        loss = losses.get(loss_name)
     model = _model(args, info.n_outputs)
     devices, key = _devices(args), jax.random.PRNGKey(args.seed)
     # One compiled program draws every layer's params (op by op, each layer's draws compiled
@@ -115,19 +116,20 @@ def train(args: argparse.Namespace) -> int:
 
 def _check_fit(args, model, loss, params, train_data, test_data, n_devices: int) -> None:
     """What fit would refuse about the data, loss and devices, found before any file is written."""
-    validate_data("the training data", train_data, model, params)
-    validate_data("the test data", test_data, model, params)
+    with bad_input():  # its messages name the data and what is wrong with it
+        validate_data("the training data", train_data, model, params)
+        validate_data("the test data", test_data, model, params)
     x, y = train_data
     batch = min(args.batch_size, len(x))
     try:
         key = jax.random.PRNGKey(0)  # a stand-in: Dropout needs one to trace
         out = jax.eval_shape(lambda p: model.apply(p, x[:batch], key=key), params)
         jax.eval_shape(lambda p: loss.apply(model.apply(p, x[:batch], key=key), y[:batch]), params)
-    except ValueError as error:
+    except (ValueError, TypeError) as error:  # the model, loss and data do not fit together
         hint = ""
         if np.issubdtype(np.asarray(y).dtype, np.integer):
             hint = f"; {args.dataset} has integer class labels: use softmax_cross_entropy"
-        raise UsageError(f"{error}{hint}") from None
+        raise UsageError(f"{reason(error)}{hint}") from error
     if isinstance(loss, SoftmaxCrossEntropy) and out.shape[-1] == 1:
         raise UsageError(
             "softmax_cross_entropy over a single output is always 0: "
@@ -145,7 +147,9 @@ def _load(name, task, images: bool = False, context: int | None = None):
     digits for (n, 8, 8, 1) arrays, for the convolutional presets; context cuts names' windows."""
     options = ({} if task is None else {"task": task}) | ({"images": True} if images else {})
     options |= {} if context is None else {"context": context}
-    train_data, test_data = datasets.load(name, **options)
+    # Its messages name the file or dataset; OSError: a file that cannot be read.
+    with bad_input(errors=(ValueError, TypeError, OSError)):
+        train_data, test_data = datasets.load(name, **options)
     return train_data, test_data, datasets.describe((train_data, test_data), name)
 
 
@@ -184,14 +188,14 @@ def _report_gradient_check(model, loss, params, x, y, **options) -> None:
 
 
 def _model(args, outputs: int):
-    if args.model in SEQUENCE_MODELS:
-        return sequence_model(vars(args))
-    if args.model is None:
-        return mlp([*args.layers, outputs], args.activation, args.output_activation)
-    try:
+    """The network the flags name; what its builder refuses (an unknown preset or activation, a
+    --width that --heads does not divide) is the flags' fault, named in the builder's message."""
+    with bad_input("--model" if args.model else None):
+        if args.model in SEQUENCE_MODELS:
+            return sequence_model(vars(args))
+        if args.model is None:
+            return mlp([*args.layers, outputs], args.activation, args.output_activation)
         return preset(args.model, outputs)
-    except ValueError as error:
-        raise UsageError(f"--model: {error}") from None
 
 
 def _optimizer(args, steps: int) -> optax.GradientTransformation:

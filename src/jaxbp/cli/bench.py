@@ -29,6 +29,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from jaxbp.cli._common import UsageError, bad_input, require_writable
+
 HELP = "benchmark backprop against jax.grad, NumPy and PyTorch"
 CONFIG_NAMES = ("seed", "digits", "wide", "deep", "cnn", "resnet", "gpt", "lstm")
 
@@ -72,9 +74,9 @@ def run(args: argparse.Namespace) -> int:
 
     from jaxbp import bench
     from jaxbp.checkpoint import atomic_write
-    from jaxbp.cli._common import UsageError
 
-    customs = [bench.parse_config(spec) for spec in args.model]
+    with bad_input("--model"):
+        customs = [bench.parse_config(spec) for spec in args.model]
     names = args.configs or (["seed", "digits"] if args.quick else list(CONFIG_NAMES))
     stem, measure, markdown = "results", bench.run, bench.to_markdown
     if args.quantities is not None:  # the quantity benchmark instead, into files of its own
@@ -82,15 +84,7 @@ def run(args: argparse.Namespace) -> int:
     files = [args.out / f"{stem}.json", args.out / f"{stem}.md"]
     if not args.overwrite and any(f.exists() for f in files):  # before minutes of measuring
         raise UsageError(f"{args.out} already holds results; pass --overwrite or another --out")
-    try:  # a folder we cannot write is found now, not after the measuring
-        args.out.mkdir(parents=True, exist_ok=True)
-        probe = args.out / ".jaxbp-write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as error:
-        raise UsageError(
-            f"cannot write to output folder {args.out}: {error.strerror or error}"
-        ) from None
+    require_writable(args.out, "output folder")  # now, not after the measuring
     results = measure([bench.CONFIGS[n] for n in names] + customs, quick=args.quick)
     table = markdown(results)
     atomic_write(files[0], lambda f: f.write(json.dumps(results, indent=2).encode()))
@@ -109,7 +103,8 @@ def _quantities(args: argparse.Namespace, customs: bool) -> tuple:
 
     default = [] if customs else ["digits"] if args.quick else list(quantities.DEFAULT_CONFIGS)
     groups = tuple(args.quantities) or quantities.GROUPS
-    for name in args.configs or default:  # resnet's BatchNorm: refused before any measuring
-        quantities.check(bench.CONFIGS[name])
+    with bad_input():  # resnet's BatchNorm: refused before any measuring
+        for name in args.configs or default:
+            quantities.check(bench.CONFIGS[name])
     measure = partial(quantities.run, groups=groups)
     return "quantities", measure, quantities.to_markdown, args.configs or default

@@ -26,12 +26,13 @@ import importlib
 import json
 import os
 import sys
+import traceback
 from functools import partial
 from typing import Any
 
 import numpy as np
 
-from jaxbp.cli._common import UsageError, number
+from jaxbp.cli._common import UsageError, number, reason
 
 HELP = "check backward rules against jax.vjp, finite differences and the dot-product test"
 
@@ -155,27 +156,43 @@ def _targets(loss: Any, extra: str | None, rng, shape: tuple[int, int]) -> np.nd
 
 def _check_target(args: argparse.Namespace, options: dict):
     """Check the layer or loss named by args.target."""
-    from jaxbp.check import check_layer, check_loss
+    from jaxbp.check import TARGETS, check_layer, check_loss
 
-    obj = _instantiate(_import(args.target), args.target)
+    module, obj = _import(args.target)
+    obj = _instantiate(obj, args.target)
     is_layer = callable(getattr(obj, "init", None))
     if args.input_shape is None and is_layer:
         raise UsageError(f"{args.target} is a layer: give its --input-shape, e.g. 3,4")
+    if args.targets not in TARGETS:
+        raise UsageError(f"--targets must be one of {', '.join(TARGETS)}, got {args.targets!r}")
     shape = _parse_shape(args.input_shape or "5")
-    if is_layer:
-        return check_layer(obj, shape, batch_size=args.batch_size, **options)
-    return check_loss(obj, (args.batch_size, *shape), targets=args.targets, **options)
+    # A wrong rule is a failing check. A ValueError or TypeError is the target refusing the
+    # shape it was given, or a bug of its own: the user's to fix either way, so named in a line.
+    try:
+        if is_layer:
+            return check_layer(obj, shape, batch_size=args.batch_size, **options)
+        return check_loss(obj, (args.batch_size, *shape), targets=args.targets, **options)
+    except (ValueError, TypeError) as error:
+        where = _line_in(error, getattr(module, "__file__", None))
+        message = f"{args.target} on input shape {shape}{where}: {type(error).__name__}: "
+        raise UsageError(message + reason(error)) from error
 
 
-def _import(target: str) -> Any:
-    """The object named by module:attribute (attribute may be dotted)."""
+def _line_in(error: BaseException, path: str | None) -> str:
+    """' (mylayers.py, line 12)': the last line of the user's file in the error's traceback."""
+    lines = [f for f in traceback.extract_tb(error.__traceback__) if f.filename == path]
+    return f" ({os.path.basename(path)}, line {lines[-1].lineno})" if lines else ""
+
+
+def _import(target: str) -> tuple[Any, Any]:
+    """The module and the object named by module:attribute (attribute may be dotted)."""
     module_name, _, attribute = target.partition(":")
     if not module_name or not attribute:
         raise UsageError(f"target must look like module:attribute, got {target!r}")
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # as `python -m` would: modules next to you import
     try:
-        obj = importlib.import_module(module_name)
+        module = obj = importlib.import_module(module_name)
     except Exception as error:  # a missing module, or one that fails as it imports
         message = f"cannot import {module_name!r}: {type(error).__name__}: {error}"
         raise UsageError(message) from None
@@ -183,7 +200,7 @@ def _import(target: str) -> Any:
         if not hasattr(obj, name):
             raise UsageError(f"module {module_name!r} has no attribute {attribute!r}")
         obj = getattr(obj, name)
-    return obj
+    return module, obj
 
 
 def _instantiate(obj: Any, target: str) -> Any:

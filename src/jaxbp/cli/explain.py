@@ -23,8 +23,9 @@ examples:
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from jaxbp.cli._common import UsageError, number
+from jaxbp.cli._common import UsageError, bad_input, number, require_writable
 
 HELP = "the seed's example, step by step, with numbers"
 
@@ -94,13 +95,16 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--weights sets the seed network's nine weights; --model takes --seed")
     if not 1 <= args.example <= 4:
         raise UsageError(f"--example must be 1 to 4 (the batch has 4 examples), got {args.example}")
+    if args.plot is not None:  # now, not after the printing and drawing
+        require_writable(Path(args.plot).parent, "the folder of --plot")
     if args.model is None:
         with enable_x64():
             params = seed_params(seed=args.seed, weights=args.weights, dtype=jnp.float64)
             print(walkthrough(params, *xor_data(jnp.float64)))
     if args.plot is not None:
-        what = plot(
-            args.plot, args.model, seed=args.seed, weights=args.weights, example=args.example
-        )
+        with bad_input(f"cannot write {args.plot}", (OSError,)):
+            what = plot(
+                args.plot, args.model, seed=args.seed, weights=args.weights, example=args.example
+            )
         print(f"\nwrote {args.plot}: {what}")
     return 0
