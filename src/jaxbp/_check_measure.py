@@ -1,28 +1,28 @@
-"""The machinery of `jaxbp.check`: the shape of a rule's output, then its numbers.
+"""The numbers of `jaxbp.check`: a rule against jax.vjp, finite differences and the dot-product
+test, every leaf and direction in one program compiled once per (pair, shapes).
 
-A "pair" is a hashable object with `fun(aux, *primals) -> out` (the function, which JAX
-differentiates for the references) and `hand(aux, *primals, ct) -> one cotangent per primal`
-(the rule under test); `values(aux, *primals)` gives () or (value, reference value) to compare.
-Random draws come from NumPy and enter as arguments, so one compilation serves every key.
+A pair (jaxbp._check_pairs) gives the function and the rule; random draws come from NumPy
+(jaxbp._check_inputs) and enter as arguments, so one compilation serves every key.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxbp._check_report import CheckReport, Row, Tolerances
+from jaxbp._check_inputs import as_float64, cotangent, direction
+from jaxbp._check_report import CheckReport, Tolerances
+from jaxbp._check_structure import hand_leaves, shapes, structure
 from jaxbp._compat import enable_x64
 
 NOISE = 10.0  # rounding in s = <ct, f> is at most this many eps of <|ct|, |f|>
 KINK = 3.0  # curvature at h/8 this many times that at h: a kink at the point (8 if exactly there)
 EPS = float(np.finfo(np.float64).eps)  # finite differences always run in float64
-_NONE = {"vjp": None, "fd": None, "dot": None}
 
 
 class Options(NamedTuple):
@@ -34,7 +34,7 @@ class Options(NamedTuple):
 def run(pair, primals, aux, rng, title: str, names: Callable, labels, opts: Options) -> CheckReport:
     """Check the pair at primals: structure rows first, then errors for the leaves that fit."""
     tol = opts.tolerances
-    out, got = _shapes(pair, primals, aux)
+    out, got = shapes(pair, primals, aux)
     if isinstance(got, Exception):  # a rule that cannot run is a failed check, not a crash
         note = f"the backward rule raised {type(got).__name__}: {' '.join(str(got).split())}"
         return CheckReport(title, opts.dtype, tol, (), (note[:300],))
@@ -48,15 +48,15 @@ def run(pair, primals, aux, rng, title: str, names: Callable, labels, opts: Opti
 def _numbers(pair, primals, aux, out, rng, opts: Options):
     """Each leaf's errors against the three references; the values to compare."""
     k = opts.directions
-    ct = jax.tree.map(lambda o: _cotangent(rng, o), out)
-    us = [_draw(rng, (k, *p.shape), p.dtype) for p in jax.tree.leaves(primals)]
+    ct = jax.tree.map(lambda o: cotangent(rng, o), out)
+    us = [direction(rng, (k, *p.shape), p.dtype) for p in jax.tree.leaves(primals)]
     args, steps = (primals, aux, ct, _tangents(us)), _steps(primals, k)
     in64 = opts.dtype == "float64"  # a float32 check takes finite differences apart, in float64
     hands, refs, jvps, values, fd = _call(_measure, pair, *args, steps if in64 else None)
     floors = [0.0] * len(refs)  # how far float32 autodiff itself is off, leaf by leaf
     if not in64:
         with enable_x64():
-            fd, refs64 = _call(_references64, pair, *_float64((*args, steps)))
+            fd, refs64 = _call(_references64, pair, *as_float64((*args, steps)))
         floors = [_norm(np.asarray(r, np.float64) - np.asarray(q)) for r, q in zip(refs, refs64)]
     s0, fs, mag, jvps = (np.asarray(a, np.float64) for a in (*fd, jvps))
 
@@ -73,82 +73,6 @@ def _numbers(pair, primals, aux, out, rng, opts: Options):
 
 
 # ---------------------------------------------------------------------------------------------
-# Structure: the tree, shapes and dtypes of the rule's output against those of the primals
-
-
-def _shapes(pair, primals, aux):
-    """The shapes of f's output and of the rule's (or the error it raised); traced once per
-    (pair, shapes), since tracing costs more than the compiled check itself."""
-    leaves, treedef = jax.tree.flatten((primals, aux))
-    signature = (pair, treedef, *((a.shape, a.dtype) for a in leaves), jax.config.jax_enable_x64)
-    try:
-        hash(signature)
-    except TypeError:  # an unhashable layer: trace every time
-        return _shapes_traced(pair, primals, aux)
-    if signature not in _SHAPES:
-        if len(_SHAPES) > 512:
-            _SHAPES.clear()
-        _SHAPES[signature] = _shapes_traced(pair, primals, aux)
-    return _SHAPES[signature]
-
-
-_SHAPES: dict = {}
-
-
-def _shapes_traced(pair, primals, aux):
-    out = jax.eval_shape(lambda p: pair.fun(aux, *p), primals)
-    try:
-        return out, jax.eval_shape(lambda p, ct: pair.hand(aux, *p, ct=ct), primals, out)
-    except Exception as error:
-        return out, error
-
-
-def structure(primals, got, names, labels, *, strict: bool):
-    """A row per expected leaf (saying what is wrong with it, if anything), whether each can be
-    measured, rows for leaves the rule made up, and notes on the outer container."""
-    n, notes = len(primals), []
-    if not isinstance(got, (tuple, list)) or len(got) != n:
-        notes.append(f"the rule must return {n} cotangent(s), one per primal; got {_kind(got)}")
-        got = (None,) * n
-    elif strict and not isinstance(got, tuple):
-        notes.append("bwd must return a tuple (jax.custom_vjp's convention), got a list")
-    rows, usable, extra = [], [], []
-    for i, (expected, given) in enumerate(zip(primals, got)):
-        found = _by_path(given)
-        for path, leaf in jax.tree_util.tree_flatten_with_path(expected)[0]:
-            g = found.pop(tuple(path), None)
-            problem = "missing from the rule's output" if g is None else _leaf_problem(leaf, g)
-            usable.append(g is not None and tuple(g.shape) == leaf.shape)
-            rows.append(Row(names(i, path), leaf.shape, str(leaf.dtype), dict(_NONE), problem))
-        for path, g in found.items():
-            problem = f"unexpected leaf (not in {labels[i]})"
-            extra.append(Row(names(i, path), tuple(g.shape), str(g.dtype), dict(_NONE), problem))
-        want, have = jax.tree.structure(expected), jax.tree.structure(given)
-        if not found and want != have:
-            problem = f"tree {have}, expected {want}"
-            extra.append(Row(labels[i], None, None, dict(_NONE), problem))
-    return rows, usable, extra, notes
-
-
-def _leaf_problem(expected, got) -> str | None:
-    if tuple(got.shape) != tuple(expected.shape):
-        return f"shape {tuple(got.shape)}, expected {tuple(expected.shape)}"
-    if got.dtype != expected.dtype:
-        return f"dtype {got.dtype}, expected {expected.dtype}"
-    return None
-
-
-def _by_path(tree) -> dict:
-    return {tuple(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
-
-
-def _kind(value: Any) -> str:
-    if isinstance(value, (tuple, list)):
-        return f"a {type(value).__name__} of length {len(value)}"
-    return type(value).__name__
-
-
-# ---------------------------------------------------------------------------------------------
 # Numbers, compiled once per (pair, shapes). Every (leaf, direction) is one row b of a batch of
 # tangents that are zero outside that leaf, so the forward pass appears once in the program.
 
@@ -157,7 +81,7 @@ def _measure(pair, primals, aux, ct, tangents, steps):
     """The rule's cotangents, jax.vjp's, <ct, J t_b> by jax.jvp for each tangent t_b, the
     values to compare, and (when steps are given) the finite differences."""
     out, vjp_fn = jax.vjp(lambda *p: pair.fun(aux, *p), *primals)
-    hands = _hand_leaves(pair.hand(aux, *primals, ct=ct), primals)
+    hands = hand_leaves(pair.hand(aux, *primals, ct=ct), primals)
     s, flat = _inner(pair, primals, aux, ct)
     jvps = jax.vmap(lambda t: jax.jvp(s, (flat,), (t,))[1])(tangents)
     fd = None if steps is None else _differences(pair, primals, aux, ct, tangents, steps)
@@ -274,21 +198,6 @@ def _value_notes(values, tol: float) -> list[str]:
     return [f"the value {value:.10g} differs from the reference {ref:.10g}"]
 
 
-def _hand_leaves(got, primals):
-    """The rule's cotangents in the primals' leaf order; zeros where a leaf is missing or
-    misshapen (those rows fail on structure and show no numbers)."""
-    n = len(primals)
-    got = tuple(got) if isinstance(got, (tuple, list)) and len(got) == n else (None,) * n
-    leaves = []
-    for expected, given in zip(primals, got):
-        found = _by_path(given)
-        for path, e in jax.tree_util.tree_flatten_with_path(expected)[0]:
-            g = found.get(tuple(path))
-            fits = g is not None and jnp.shape(g) == e.shape
-            leaves.append(jnp.asarray(g, e.dtype) if fits else jnp.zeros_like(e))
-    return leaves
-
-
 def _norm(a) -> float:
     return float(np.linalg.norm(np.asarray(a, np.float64)))
 
@@ -296,24 +205,3 @@ def _norm(a) -> float:
 def _vdot(a, b):
     pairs = zip(jax.tree.leaves(a), jax.tree.leaves(b))
     return sum(jnp.vdot(u.ravel(), v.ravel()) for u, v in pairs)
-
-
-# ---------------------------------------------------------------------------------------------
-# Random draws, on the host, rounded to the checked dtype
-
-
-def _draw(rng: np.random.Generator, shape, dtype) -> np.ndarray:
-    return rng.standard_normal(shape).astype(dtype)
-
-
-def _cotangent(rng: np.random.Generator, like) -> np.ndarray:
-    z = rng.standard_normal(like.shape)
-    return (z + 0.5 * np.sign(z)).astype(like.dtype)  # away from 0, so a rule ignoring g fails
-
-
-def _float64(tree):
-    def one(a):
-        a = np.asarray(a)
-        return a.astype(np.float64) if np.issubdtype(a.dtype, np.floating) else a
-
-    return jax.tree.map(one, tree)

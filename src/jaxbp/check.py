@@ -38,7 +38,6 @@ shapes) and reuses it for every key.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -46,7 +45,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxbp._check_inputs import (
+    TARGETS,
+    both_signs,
+    cast,
+    draw_targets,
+    jax_key,
+    numpy_rng,
+)
 from jaxbp._check_measure import Options, run
+from jaxbp._check_pairs import BackpropPair, IdsLayerPair, LayerPair, LossPair, VJPPair
 from jaxbp._check_report import (
     TOLERANCES,
     CheckReport,
@@ -57,9 +65,8 @@ from jaxbp._check_report import (
 )
 from jaxbp._compat import enable_x64
 from jaxbp._types import Array, Params, PRNGKey, Shape
-from jaxbp.backprop import backprop
-from jaxbp.layers.protocol import forward_state, init_state, is_combinator, path_str
-from jaxbp.losses import BinaryCrossEntropy, SoftmaxCrossEntropy
+from jaxbp.protocols import init_state
+from jaxbp.walk import leaves, path_str
 
 __all__ = [
     "check_vjp", "check_layer", "check_loss", "check_backprop", "CheckReport", "Row",
@@ -67,93 +74,7 @@ __all__ = [
 ]  # fmt: skip
 
 Key = PRNGKey | int
-TARGETS = ("auto", "normal", "unit", "labels", "probs")
 NUDGE = 0.1  # std of the noise added to layer.init's params: off zero biases and factors of 1
-
-
-# ---------------------------------------------------------------------------------------------
-# What is checked: fun(aux, *primals) -> out, which JAX differentiates for the references, and
-# hand(aux, *primals, ct) -> one cotangent per primal, the rule under test. `aux` is data that
-# is not differentiated (targets, inputs); pairs are hashable, so compilations are reused.
-
-
-class _Pair:
-    strict = False  # whether the cotangents must come as a tuple, not any sequence
-
-    def values(self, aux, *primals):  # () or (value, reference value) to compare
-        return ()
-
-
-@dataclasses.dataclass(frozen=True)
-class _VJPPair(_Pair):
-    fwd: Callable
-    bwd: Callable
-    strict = True  # jax.custom_vjp's convention
-
-    def fun(self, aux, *p):
-        return self.fwd(*p)[0]
-
-    def hand(self, aux, *p, ct):
-        return self.bwd(self.fwd(*p)[1], ct)
-
-
-@dataclasses.dataclass(frozen=True)
-class _LayerPair(_Pair):
-    """aux = (key, state): one fixed key on both sides (Dropout), and the state a stateful layer
-    reads in training (BatchNorm); forward_state's new state is not differentiated."""
-
-    layer: Any
-
-    def fun(self, aux, params, x):
-        return forward_state(self.layer, params, aux[1], x, key=aux[0])[0]
-
-    def hand(self, aux, params, x, ct):
-        residuals = forward_state(self.layer, params, aux[1], x, key=aux[0])[1]
-        return tuple(self.layer.backward(params, residuals, ct))
-
-
-@dataclasses.dataclass(frozen=True)
-class _IdsLayerPair(_LayerPair):
-    """A layer of integer inputs (Embedding's ids): aux = (key, state, x); parameter rows only."""
-
-    def fun(self, aux, params):
-        return super().fun(aux[:2], params, aux[2])
-
-    def hand(self, aux, params, ct):
-        return super().hand(aux[:2], params, aux[2], ct=ct)[:1]
-
-
-@dataclasses.dataclass(frozen=True)
-class _LossPair(_Pair):
-    loss: Any
-
-    def fun(self, y, y_pred):
-        return self.loss.forward(y_pred, y)[0]
-
-    def hand(self, y, y_pred, ct):
-        return (self.loss.backward(self.loss.forward(y_pred, y)[1], ct),)
-
-
-@dataclasses.dataclass(frozen=True)
-class _BackpropPair(_Pair):
-    model: Any
-    loss: Any
-
-    # data = (x, y, key, state): the forward key and training state, the same on both sides.
-    def fun(self, data, params):
-        x, y, key, state = data
-        return self.loss.apply(forward_state(self.model, params, state, x, key=key)[0], y)
-
-    def hand(self, data, params, ct):
-        grads = self._backprop(data, params)[1]
-        return (jax.tree.map(lambda g: (ct * g).astype(jnp.result_type(g)), grads),)
-
-    def values(self, data, params):
-        return self._backprop(data, params)[0], self.fun(data, params)
-
-    def _backprop(self, data, params):
-        x, y, key, state = data
-        return backprop(self.model, self.loss, params, x, y, key=key, state=state)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -168,14 +89,14 @@ def check_vjp(
     fwd(*primals) -> (out, residuals); bwd(residuals, ct) -> one cotangent per primal, a tuple."""
     opts = _options(dtype, directions, tolerances)
     with _precision(dtype):
-        primals = _cast(tuple(primals), dtype)
+        primals = cast(tuple(primals), dtype)
         if not all(jnp.issubdtype(a.dtype, jnp.floating) for a in jax.tree.leaves(primals)):
             raise TypeError("check_vjp: every primal must be a pytree of floating-point arrays")
         labels = tuple(f"arg{i}" for i in range(len(primals)))
         name = getattr(fwd, "__name__", repr(fwd))
         title = f"vjp of {name}({', '.join(map(_describe, primals))})"
         names = lambda i, path: labels[i] + jax.tree_util.keystr(path)  # noqa: E731
-        return run(_VJPPair(fwd, bwd), primals, None, _rng(key), title, names, labels, opts)
+        return run(VJPPair(fwd, bwd), primals, None, numpy_rng(key), title, names, labels, opts)
 
 
 def check_layer(
@@ -190,26 +111,23 @@ def check_layer(
     training mode from their initial state; integer inputs (`x` of ids) give parameter rows only.
     """
     opts = _options(dtype, directions, tolerances)
-    rng = _rng(key)
+    rng = numpy_rng(key)
     with _precision(dtype):
         if params is None:
-            params = layer.init(_jax_key(key), tuple(input_shape))[1]
-            params = jax.tree.map(
-                lambda a: np.asarray(a) + NUDGE * rng.standard_normal(a.shape), params
-            )
+            params = _nudged(layer.init(jax_key(key), tuple(input_shape))[1], rng)
         if x is None:
-            x = _both_signs(rng, (batch_size, *input_shape))
-        params, x = _cast((params, x), dtype)
-        aux = (jax.random.fold_in(_jax_key(key), 1), _cast(init_state(layer, params), dtype))
+            x = both_signs(rng, (batch_size, *input_shape))
+        params, x = cast((params, x), dtype)
+        aux = (jax.random.fold_in(jax_key(key), 1), cast(init_state(layer, params), dtype))
 
         def names(i, path):
             return _leaf_name(layer, path) if i == 0 else "x" + jax.tree_util.keystr(path)
 
         title = f"{_short(layer)} on x{tuple(x.shape)}"
         if jnp.issubdtype(jnp.result_type(x), jnp.integer):  # ids have no cotangent
-            pair, primals, labels, aux = _IdsLayerPair(layer), (params,), ("params",), (*aux, x)
+            pair, primals, labels, aux = IdsLayerPair(layer), (params,), ("params",), (*aux, x)
         else:
-            pair, primals, labels = _LayerPair(layer), (params, x), ("params", "x")
+            pair, primals, labels = LayerPair(layer), (params, x), ("params", "x")
         return run(pair, primals, aux, rng, title, names, labels, opts)
 
 
@@ -220,17 +138,17 @@ def check_loss(
     """Check loss.backward(residuals, g) at a random g and y_pred: y_pred_shape of both signs.
 
     targets: an array, or how to draw them: "normal" floats, "unit" floats in [0, 1], integer
-    "labels" of shape (batch,), probability rows "probs"; "auto" picks labels for softmax
-    cross-entropy, unit floats for binary cross-entropy, normal floats otherwise.
+    "labels" of shape (batch,), probability rows "probs"; "auto" takes the loss's own `targets`
+    (softmax cross-entropy: labels; binary cross-entropy: unit floats), else normal floats.
     """
     opts = _options(dtype, directions, tolerances)
-    rng = _rng(key)
+    rng = numpy_rng(key)
     with _precision(dtype):
-        y_pred = _cast(_both_signs(rng, tuple(y_pred_shape)), dtype)
-        y, kind = _targets(loss, targets, rng, tuple(y_pred.shape), dtype)
+        y_pred = cast(both_signs(rng, tuple(y_pred_shape)), dtype)
+        y, kind = draw_targets(loss, targets, rng, tuple(y_pred.shape), dtype)
         title = f"{loss!r} on y_pred{tuple(y_pred.shape)}, targets: {kind}"
         names = lambda i, path: "y_pred"  # noqa: E731
-        return run(_LossPair(loss), (y_pred,), y, rng, title, names, ("y_pred",), opts)
+        return run(LossPair(loss), (y_pred,), y, rng, title, names, ("y_pred",), opts)
 
 
 def check_backprop(
@@ -242,65 +160,39 @@ def check_backprop(
     both sides; BatchNorm runs in training mode from its initial state."""
     opts = _options(dtype, directions, tolerances)
     with _precision(dtype):
-        params, x, y = _cast((params, x, y), dtype)
-        state = _cast(init_state(model, params), dtype)
+        params, x, y = cast((params, x, y), dtype)
+        state = cast(init_state(model, params), dtype)
         title = f"backprop, {loss!r}, x{tuple(x.shape)}: {_short(model)}"
         names = lambda i, path: _leaf_name(model, path)  # noqa: E731
-        pair, data = _BackpropPair(model, loss), (x, y, jax.random.fold_in(_jax_key(key), 1), state)
-        return run(pair, (params,), data, _rng(key), title, names, ("params",), opts)
+        pair, data = BackpropPair(model, loss), (x, y, jax.random.fold_in(jax_key(key), 1), state)
+        return run(pair, (params,), data, numpy_rng(key), title, names, ("params",), opts)
 
 
 # ---------------------------------------------------------------------------------------------
 # Inputs, names and options
 
 
-def _both_signs(rng: np.random.Generator, shape: Shape) -> np.ndarray:
-    """2|z| with z normal, half of the entries (at random places) negated."""
-    signs = rng.permutation(np.where(np.arange(int(np.prod(shape))) % 2 == 0, 1.0, -1.0))
-    return 2 * np.abs(rng.standard_normal(shape)) * signs.reshape(shape)
+def _nudged(params: Params, rng: np.random.Generator) -> Params:
+    return jax.tree.map(lambda a: np.asarray(a) + NUDGE * rng.standard_normal(a.shape), params)
 
 
-def _targets(loss: Any, targets: str | Array, rng: np.random.Generator, shape: Shape, dtype: str):
-    if not isinstance(targets, str):
-        return _cast(targets, dtype), "given"
-    kind = targets
-    if kind == "auto":
-        kind = "labels" if isinstance(loss, SoftmaxCrossEntropy) else "normal"
-        kind = "unit" if isinstance(loss, BinaryCrossEntropy) else kind
-    draw = {
-        "normal": lambda: rng.standard_normal(shape),
-        "unit": lambda: rng.uniform(size=shape),
-        "labels": lambda: rng.integers(0, shape[-1], size=shape[:1]),
-        "probs": lambda: _softmax(2 * rng.standard_normal(shape)),
-    }
-    if kind not in draw:
-        raise ValueError(f"targets must be an array or one of {', '.join(TARGETS)}, got {kind!r}")
-    return _cast(draw[kind](), dtype), kind
-
-
-def _softmax(z: np.ndarray) -> np.ndarray:
-    e = np.exp(z - z.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
-
-
-def _leaf_name(layer: Any, path: tuple) -> str:
-    """A leaf's path, the layer that owns it named after its own path, however deep:
+def _leaf_name(model: Any, path: tuple) -> str:
+    """A params leaf's path, named after the leaf layer that owns it, however deep:
     "[2] Dense(features=3) ['W']", "[1][0][1] Dense(features=8) ['b']"."""
-    steps, path = [], tuple(path)
-    while is_combinator(layer):
-        children = dict(layer.sublayers())
-        head = path[0] if path else None
-        if () in children:  # Residual: the body sits at the combinator's own path
-            layer = children[()]
-        elif isinstance(head, jax.tree_util.SequenceKey) and (head.idx,) in children:
-            steps.append(head.idx)
-            layer, path = children[(head.idx,)], path[1:]
-        else:
+    steps = []
+    for key in path:
+        if not isinstance(key, jax.tree_util.SequenceKey):
             break
-    rest = jax.tree_util.keystr(path)
-    if not steps:
-        return rest
-    return f"{path_str(tuple(steps))} {_short(layer)} {rest}".rstrip()
+        steps.append(key.idx)
+    owners = dict(leaves(model))
+    for n in range(len(steps), -1, -1):  # the longest prefix that names a leaf layer
+        if tuple(steps[:n]) in owners:
+            rest = jax.tree_util.keystr(tuple(path[n:]))
+            if not n:
+                return rest
+            owner = tuple(steps[:n])
+            return f"{path_str(owner)} {_short(owners[owner])} {rest}".rstrip()
+    return jax.tree_util.keystr(tuple(path))
 
 
 def _short(layer: Any) -> str:
@@ -315,28 +207,6 @@ def _describe(tree: Any) -> str:
     if hasattr(tree, "shape") and hasattr(tree, "dtype"):
         return f"{tree.dtype}{list(tree.shape)}"
     return f"pytree of {len(jax.tree.leaves(tree))} arrays"
-
-
-def _cast(tree: Any, dtype: str) -> Any:
-    """Floating leaves to `dtype`, others as they are; through NumPy, so nothing compiles."""
-
-    def one(a):
-        a = np.asarray(a)
-        return jnp.asarray(a.astype(dtype) if np.issubdtype(a.dtype, np.floating) else a)
-
-    return jax.tree.map(one, tree)
-
-
-def _rng(key: Key) -> np.random.Generator:
-    if isinstance(key, (int, np.integer)):
-        return np.random.default_rng(int(key))
-    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-        key = jax.random.key_data(key)
-    return np.random.default_rng(np.asarray(key).ravel().tolist())
-
-
-def _jax_key(key: Key) -> PRNGKey:
-    return jax.random.PRNGKey(int(key)) if isinstance(key, (int, np.integer)) else key
 
 
 def _precision(dtype: str) -> contextlib.AbstractContextManager:
