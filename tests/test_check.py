@@ -1,5 +1,5 @@
-"""jaxbp.check: it passes every correct rule over many keys; its report, options and command
-line. The planted mistakes it catches: test_check_mutations.py.
+"""jaxbp.check: it passes every correct rule over many keys, at random inputs and at ties; its
+report, options and command line. The planted mistakes it catches: test_check_mutations.py.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import pytest
 
 from jaxbp import layers as L
 from jaxbp import losses
+from jaxbp._check_inputs import with_ties
 from jaxbp.check import check_backprop, check_layer, check_loss, check_vjp
 from jaxbp.cli import main
 
@@ -37,6 +38,7 @@ LAYERS = [(L.activation(name), (5,)) for name in L.ACTIVATIONS] + [
     (L.Conv(4, (2, 3), padding=((0, 2), (1, 0)), dilation=2, groups=2), (6, 7, 4)),
     (L.Conv(2, (3,), strides=2, padding="VALID"), (7, 3)),
     (L.MaxPool((2, 2), padding="SAME"), (5, 5, 2)),
+    (L.serial(L.Conv(2, (2, 2)), L.Relu(), L.MaxPool((2, 2))), (5, 5, 2)),  # relu's zeros tie
     (L.AvgPool((3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), count_include_pad=False),
      (5, 6, 2)),
     (L.GlobalAvgPool(), (3, 4, 2)),
@@ -58,12 +60,20 @@ LOSSES = [
 
 @pytest.mark.parametrize("layer, shape", LAYERS, ids=[repr(a) for a, _ in LAYERS])
 def test_every_builtin_layer_passes_over_many_keys(layer, shape):
+    selecting = "Relu" in repr(layer) or "MaxPool" in repr(layer)  # checked at ties too
     for seed in SEEDS:
         report = check_layer(layer, shape, key=seed)
         assert report.ok, f"seed {seed}\n{report}"
         # Every rule against jax.vjp to 1e-12, far inside the checker's 1e-10: the same formulas
         # in float64 in another order, ~1e-15 per operation over at most a few dozen.
         assert all(row.errors["vjp"] <= 1e-12 for row in report.rows), f"seed {seed}\n{report}"
+        names = [row.name for row in report.rows]
+        at_ties = [row for row in report.rows if row.name.endswith(" (ties)")]
+        random = names[: len(names) - len(at_ties)]
+        assert [row.name for row in at_ties] == (
+            [n + " (ties)" for n in random] if selecting else []
+        )
+        assert all(row.errors["dot"] is not None for row in at_ties), f"seed {seed}\n{report}"
 
 
 @pytest.mark.parametrize("loss, targets", LOSSES, ids=[f"{f!r}-{t}" for f, t in LOSSES])
@@ -149,6 +159,49 @@ def test_check_backprop_on_models_with_state_and_randomness():
         _, params = model.init(jax.random.PRNGKey(0), (5,))
         report = check_backprop(model, losses.softmax_cross_entropy, params, x, y)
         assert report.ok, f"{name}\n{report}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Ties: a layer that selects (a maximum, a kink at 0) is checked again at inputs with ties
+
+
+def test_the_tie_draw_ties_most_max_pool_windows():
+    # Entries from {-1, 0, 1}: a window of 4 has a tied maximum with probability 1 - 36/81.
+    x = with_ties(np.random.default_rng(0), (256, 4, 4, 2))
+    windows = x.reshape(256, 2, 2, 2, 2, 2).transpose(0, 1, 3, 5, 2, 4).reshape(-1, 4)
+    tied = np.mean(np.sum(windows == windows.max(1, keepdims=True), axis=1) > 1)
+    assert 0.53 < tied < 0.58 and 0.3 < np.mean(x == 0) < 0.37, (tied, np.mean(x == 0))
+
+
+def test_a_selecting_layer_is_checked_again_at_ties_and_vjp_and_dot_judge_there():
+    report = check_layer(L.MaxPool((2, 2)), (4, 6, 2))
+    assert report.ok and [r.name for r in report.rows] == ["x", "x (ties)"], str(report)
+    # Every direction crosses a tied window's kink: fd steps aside, vjp and dot judge the row.
+    assert report.rows[1].errors["fd"] is None and report.rows[0].errors["fd"] is not None
+    assert report.rows[1].errors["vjp"] <= 1e-15 and report.rows[1].errors["dot"] <= 1e-12
+    text = str(report)
+    assert text.splitlines()[0].endswith("on x(8, 4, 6, 2), and with ties [float64]: ok"), text
+    assert "  (ties): at x drawn from {-1, 0, 1}: maxima tie, kinks sit at 0" in text
+    data = json.loads(report.to_json())
+    assert data["ok"] and [r["name"] for r in data["rows"]] == ["x", "x (ties)"]
+    assert data["legend"] == list(report.legend) and data["rows"][1]["errors"]["fd"] is None
+
+
+def test_a_model_is_checked_at_ties_when_any_of_its_leaves_selects():
+    model = L.serial(L.Dense(3), L.Relu(), L.Dense(2))
+    names = [r.name for r in check_layer(model, (4,)).rows]
+    assert len(names) == 10 and names[5:] == [n + " (ties)" for n in names[:5]], names
+    assert [r.name for r in check_layer(L.mlp([3, 2], "tanh"), (4,)).rows][-1] == "x"
+
+
+def test_no_tie_draw_where_the_caller_gives_x_or_for_check_backprop():
+    x = np.random.default_rng(0).normal(size=(4, 5))
+    report = check_layer(L.Relu(), (5,), x=x)
+    assert [r.name for r in report.rows] == ["x"] and not report.legend, str(report)
+    model = L.mlp([3, 2], "relu")
+    _, params = model.init(jax.random.PRNGKey(0), (5,))
+    report = check_backprop(model, losses.mse, params, x, np.zeros((4, 2)))
+    assert report.ok and not any("ties" in r.name for r in report.rows), str(report)
 
 
 def test_the_readme_states_this_sweep():

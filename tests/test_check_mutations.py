@@ -30,6 +30,11 @@ def failing(report: CheckReport) -> set[str]:
     return {row.name for row in report.rows if row.failures(report.tolerances)}
 
 
+def and_at_ties(layer, rows: set[str]) -> set[str]:
+    """The rows, and where the layer selects (so it is checked again at ties) their twins."""
+    return rows | {row + " (ties)" for row in rows} if getattr(layer, "selects", False) else rows
+
+
 # ---------------------------------------------------------------------------------------------
 # The mutation suite: a planted mistake of every common kind, each caught on the right rows
 
@@ -170,7 +175,7 @@ def test_mutant_dense_is_caught(change, rows):
 @pytest.mark.parametrize("base, df", [m[1:] for m in ACTIVATION], ids=[m[0] for m in ACTIVATION])
 def test_mutant_activation_is_caught(base, df):
     report = check_layer(elementwise(base, df), (5,))
-    assert not report.ok and failing(report) == {X}, str(report)
+    assert not report.ok and failing(report) == and_at_ties(base, {X}), str(report)
     assert all(report.rows[0].errors[k] > getattr(report.tolerances, k) for k in ("vjp", "dot"))
 
 
@@ -514,7 +519,7 @@ PLANTED += [
 @pytest.mark.parametrize("layer, shape, row", [m[1:] for m in VISION], ids=[m[0] for m in VISION])
 def test_mutant_vision_layer_is_caught(layer, shape, row):
     report = check_layer(layer, shape)
-    assert not report.ok and failing(report) == {row}, str(report)
+    assert not report.ok and failing(report) == and_at_ties(layer, {row}), str(report)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -720,15 +725,59 @@ def test_mutant_tied_is_caught_on_the_table_row_only():
     assert not report.ok and failing(report) == {TABLE}, str(report)
 
 
+# ---------------------------------------------------------------------------------------------
+# Planted mistakes at ties: right wherever inputs differ, so only the tie draw can catch them
+
+
+def _max_pool_saving_x(self, params, x, *, key=None):
+    y, _ = L.MaxPool.forward(self, params, x)
+    return y, (x, y)
+
+
+def _max_pool_every_tied_max(self, params, residuals, dy):
+    x, y = residuals  # 2 x 2 windows, strides 2, VALID: disjoint blocks of x
+    b, h, w, c = x.shape
+    block = x.reshape(b, h // 2, 2, w // 2, 2, c)
+    at_max = block == y[:, :, None, :, None]  # every maximum of its window, not only the first
+    return (), jnp.where(at_max, dy[:, :, None, :, None], 0).reshape(x.shape)
+
+
+def _relu_one_at_zero(x):
+    return (x >= 0).astype(x.dtype)  # jax.nn.relu's derivative at 0 is 0
+
+
+AT_TIES = [  # (id, layer, input shape): wrong only where inputs tie
+    ("max-pool gives dy to every tied maximum of a window, not to the first",
+     _with(L.MaxPool, "Mutant", forward=_max_pool_saving_x, backward=_max_pool_every_tied_max)(
+         (2, 2)), (4, 6, 2)),
+    ("relu's derivative at exactly 0 taken as 1",
+     _with(L.Relu, "Mutant", save="x", df=staticmethod(_relu_one_at_zero))(), (5,)),
+]  # fmt: skip
+PLANTED += [(m[0], "numerical", "test_mutant_at_ties_is_caught_by_the_tie_draw") for m in AT_TIES]
+
+
+@pytest.mark.parametrize("layer, shape", [m[1:] for m in AT_TIES], ids=[m[0] for m in AT_TIES])
+def test_mutant_at_ties_is_caught_by_the_tie_draw(layer, shape):
+    report = check_layer(layer, shape)
+    assert failing(report) == {"x (ties)"}, str(report)  # the random draw's "x" passes
+    row, tol = report.rows[-1], report.tolerances
+    assert row.errors["vjp"] > tol.vjp and row.errors["dot"] > tol.dot, str(report)
+    text = str(report).splitlines()
+    assert text[0].endswith("and with ties [float64]: FAILED") and "(ties): " in text[-2], text
+    assert json.loads(report.to_json())["rows"][-1]["ok"] is False
+    x = np.random.default_rng(0).normal(size=(8, *shape))  # no ties: the mistake cannot show
+    assert check_layer(layer, shape, x=x).ok
+
+
 def test_every_planted_mistake_is_distinct_and_counted_in_the_readme():
     names = [name for name, _, _ in PLANTED]
     assert len(set(names)) == len(names), "a mistake is planted twice under one name"
     assert {test for _, _, test in PLANTED} <= set(globals()), "a planted mistake has no test"
     kinds = {kind: sum(k == kind for _, k, _ in PLANTED) for kind in ("numerical", "structure")}
-    assert kinds == {"numerical": 58, "structure": 13} and len(PLANTED) == 71, kinds
+    assert kinds == {"numerical": 60, "structure": 13} and len(PLANTED) == 73, kinds
     readme = " ".join((Path(__file__).parents[1] / "README.md").read_text().split())
     claim = re.search(r"plant (\d+) distinct numerical mistakes .*? and (\d+) malformed", readme)
-    assert claim and tuple(map(int, claim.groups())) == (58, 13), "README states other counts"
+    assert claim and tuple(map(int, claim.groups())) == (60, 13), "README states other counts"
 
 
 # ---------------------------------------------------------------------------------------------

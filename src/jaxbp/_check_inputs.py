@@ -1,5 +1,5 @@
 """What `jaxbp.check` draws, on the host with NumPy and seeded by the key, so that nothing compiles:
-inputs of both signs, targets, directions and cotangents, and the casts."""
+inputs of both signs or with ties, targets, directions and cotangents, and the casts."""
 
 from __future__ import annotations
 
@@ -10,12 +10,20 @@ import numpy as np
 from jaxbp._types import Array, PRNGKey, Shape
 
 TARGETS = ("auto", "normal", "unit", "labels", "probs")
+# Three values: a window of 4 entries has a tied maximum with probability 1 - 36/81 = 56% (of 9
+# entries, 88%), and a third of the entries sit exactly at a relu kink.
+TIE_VALUES = (-1.0, 0.0, 1.0)
 
 
 def both_signs(rng: np.random.Generator, shape: Shape) -> np.ndarray:
     """2|z| with z normal, half of the entries (at random places) negated."""
     signs = rng.permutation(np.where(np.arange(int(np.prod(shape))) % 2 == 0, 1.0, -1.0))
     return 2 * np.abs(rng.standard_normal(shape)) * signs.reshape(shape)
+
+
+def with_ties(rng: np.random.Generator, shape: Shape) -> np.ndarray:
+    """Entries drawn from TIE_VALUES: equal entries in most windows, zeros at every kink."""
+    return rng.choice(np.array(TIE_VALUES), size=shape)
 
 
 def draw_targets(loss, kind: str | Array, rng: np.random.Generator, shape: Shape, dtype: str):

@@ -56,7 +56,8 @@ class CheckReport:
     dtype: str
     tolerances: Tolerances
     rows: tuple[Row, ...]
-    notes: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()  # what failed outside the rows
+    legend: tuple[str, ...] = ()  # how rows were drawn, printed under the table: never a failure
 
     @property
     def ok(self) -> bool:
@@ -79,6 +80,7 @@ class CheckReport:
         head = ["leaf", "shape", "dtype", "vjp err", "fd err", "dot err", ""]
         body = [_cells(row, self.tolerances) for row in self.rows]
         lines = [f"{self.title} [{self.dtype}]: {status}", *_table([head, *body])]
+        lines += [f"  {line}" for line in self.legend]
         lines += [f"  ! {note}" for note in self.notes]
         lines.append(f"  tolerances: {tol}")
         return "\n".join(lines)
@@ -94,6 +96,7 @@ class CheckReport:
                 {**dataclasses.asdict(r), "ok": not r.failures(self.tolerances)} for r in self.rows
             ],
             "notes": list(self.notes),
+            "legend": list(self.legend),
         }
 
     def to_json(self, **kwargs: Any) -> str:

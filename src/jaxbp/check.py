@@ -19,6 +19,14 @@ biases do not sit relu kinks on the checked point and a factor that init sets to
 Before any number, the rule's output must have the tree structure, shapes and dtypes of the
 primals: a difference is a failing row that says what differs, never an exception.
 
+Ties: a rule that selects (a max-pool window's maximum, relu's side at 0; a layer says so with
+`selects = True`) decides at ties where the gradient goes, and random normal inputs never tie.
+So check_layer, when the layer or any leaf of it selects and x is not given, checks again at x
+drawn from {-1, 0, 1}: rows named "... (ties)". There the references differentiate the layer's
+own forward, so JAX's convention defines right (jax.nn.relu' (0) = 0; the first maximum of a
+window, as jax.grad of lax.reduce_window max); fd leaves every direction through a kink
+unjudged, and vjp and dot judge each row. check_backprop keeps the caller's x and y: no tie draw.
+
 Tolerances (override with `tolerances=`):
     float64 (the default): vjp and dot 1e-10. The rule and jax.vjp compute the same formulas in
         another order, so they agree to ~1e-15 per operation and ~1e-13 over a deep model;
@@ -38,6 +46,7 @@ shapes) and reuses it for every key.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -52,6 +61,7 @@ from jaxbp._check_inputs import (
     draw_targets,
     jax_key,
     numpy_rng,
+    with_ties,
 )
 from jaxbp._check_measure import Options, run
 from jaxbp._check_pairs import BackpropPair, IdsLayerPair, LayerPair, LossPair, VJPPair
@@ -75,6 +85,8 @@ __all__ = [
 
 Key = PRNGKey | int
 NUDGE = 0.1  # std of the noise added to layer.init's params: off zero biases and factors of 1
+TIES = " (ties)"  # the suffix of the rows checked at inputs with ties
+LEGEND = "(ties): at x drawn from {-1, 0, 1}: maxima tie, kinks sit at 0, fd steps aside (-)"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -106,6 +118,7 @@ def check_layer(
 ) -> CheckReport:  # fmt: skip
     """Check layer.backward at params from layer.init (nudged; or `params`) and inputs
     x: (batch_size, *input_shape) of both signs (or `x`); a row per parameter leaf and for x.
+    A layer that selects (itself or a leaf) is checked again at x with ties: rows "(ties)".
 
     Stochastic layers get one fixed key (from `key`) on both sides; stateful ones are checked in
     training mode from their initial state; integer inputs (`x` of ids) give parameter rows only.
@@ -115,20 +128,28 @@ def check_layer(
     with _precision(dtype):
         if params is None:
             params = _nudged(layer.init(jax_key(key), tuple(input_shape))[1], rng)
+        ties = x is None and _selects(layer)
         if x is None:
             x = both_signs(rng, (batch_size, *input_shape))
         params, x = cast((params, x), dtype)
         aux = (jax.random.fold_in(jax_key(key), 1), cast(init_state(layer, params), dtype))
-
-        def names(i, path):
-            return _leaf_name(layer, path) if i == 0 else "x" + jax.tree_util.keystr(path)
-
         title = f"{_short(layer)} on x{tuple(x.shape)}"
         if jnp.issubdtype(jnp.result_type(x), jnp.integer):  # ids have no cotangent
             pair, primals, labels, aux = IdsLayerPair(layer), (params,), ("params",), (*aux, x)
         else:
             pair, primals, labels = LayerPair(layer), (params, x), ("params", "x")
-        return run(pair, primals, aux, rng, title, names, labels, opts)
+
+        def at(primals, suffix=""):
+            def names(i, path):
+                name = _leaf_name(layer, path) if i == 0 else "x" + jax.tree_util.keystr(path)
+                return name + suffix
+
+            return run(pair, primals, aux, rng, title, names, labels, opts)
+
+        report = at(primals)
+        if not ties or report.notes or any(row.problem for row in report.rows):
+            return report  # a malformed rule is malformed at any x: the tie draw would repeat it
+        return _and_ties(report, at((params, cast(with_ties(rng, x.shape), dtype)), TIES))
 
 
 def check_loss(
@@ -157,7 +178,8 @@ def check_backprop(
 ) -> CheckReport:  # fmt: skip
     """Check jaxbp.backprop(model, loss, params, x, y): its gradient leaf by leaf, and its value
     against loss.apply(model.apply(params, x), y). Dropout gets one fixed key (from `key`) on
-    both sides; BatchNorm runs in training mode from its initial state."""
+    both sides; BatchNorm runs in training mode from its initial state. The point is the
+    caller's: no draw with ties (check_layer draws them for the layers that select)."""
     opts = _options(dtype, directions, tolerances)
     with _precision(dtype):
         params, x, y = cast((params, x, y), dtype)
@@ -174,6 +196,20 @@ def check_backprop(
 
 def _nudged(params: Params, rng: np.random.Generator) -> Params:
     return jax.tree.map(lambda a: np.asarray(a) + NUDGE * rng.standard_normal(a.shape), params)
+
+
+def _selects(model: Any) -> bool:
+    """Whether the model or any of its leaf layers picks among its inputs (`selects`, False
+    where absent), so that ties decide where its gradient goes."""
+    return any(getattr(leaf, "selects", False) is True for _, leaf in leaves(model))
+
+
+def _and_ties(report: CheckReport, tied: CheckReport) -> CheckReport:
+    """One report: the rows at the random x, then those at x with ties."""
+    return dataclasses.replace(
+        report, title=f"{report.title}, and with ties", rows=(*report.rows, *tied.rows),
+        notes=(*report.notes, *tied.notes), legend=(LEGEND,),
+    )  # fmt: skip
 
 
 def _leaf_name(model: Any, path: tuple) -> str:
