@@ -54,18 +54,8 @@ from typing import Literal, NamedTuple
 import numpy as np
 
 from jaxbp import _names
-from jaxbp._datafiles import (
-    MAX_CLASSES,
-    MIN_PER_CLASS,
-    TASKS,
-    PathLike,
-    Split,
-    Task,
-    check_task,
-    load_csv,
-    load_idx,
-    load_npz,
-)
+from jaxbp._data_checks import MAX_CLASSES, MIN_PER_CLASS, TASKS, Split, Task, check_task
+from jaxbp._datafiles import PathLike, load_csv, load_idx, load_npz
 
 __all__ = [
     "MAX_CLASSES",
