@@ -1,0 +1,82 @@
+"""What `bench --quantities` measures: each group's rows (jaxbp's quantity, its vmap(jax.grad)
+reference, its BackPACK or Opacus peers), their bases, and the problem they run on."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from collections.abc import Callable
+
+from jaxbp.bench.mlp import Config, _problem
+from jaxbp.bench.vision import VisionConfig
+
+CLIP_NORM, NOISE_MULTIPLIER = 1.0, 1.0  # DP-SGD's usual scale: noise std = clip norm
+LR = 1e-3
+DEFAULT_CONFIGS = ("digits", "wide", "cnn")
+# The diag-GGN reference's whole Jacobian, batch x outputs x params: cnn's 128 x 10 x 25k takes
+# ~1 s a call; wide's 512 x 10 x 1.86M would take minutes per call, so it is left out there.
+JACOBIAN_ENTRIES = 10**8
+GROUPS = ("first_order", "curvature", "dp")
+BASES = {"first_order": "backprop", "curvature": "backprop", "dp": "sgd step"}
+TORCH_BASES = {"first_order": "torch backward", "curvature": "torch backward", "dp": "torch step"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """A jaxbp quantity, its vmap(jax.grad) reference (or None) and its peers, in one group."""
+
+    group: str
+    quantity: str
+    reference: str | None = None
+    peers: tuple[str, ...] = ()
+
+
+ROWS = (
+    Row("first_order", "per_example_grads", "vmap(grad)", ("BatchGrad",)),
+    Row("first_order", "per_example_norms", "vmap(grad) norms", ("BatchL2Grad",)),
+    Row("first_order", "grad_variance", "vmap(grad) variance", ("Variance",)),
+    Row("first_order", "sum_grad_squared", "vmap(grad) squares", ("SumGradSquared",)),
+    Row("curvature", "diag_ggn", "jacobians", ("DiagGGNExact",)),
+    Row("curvature", "diag_ggn_mc", None, ("DiagGGNMC",)),
+    Row("curvature", "kfac_factors", None, ("KFLR",)),
+    Row("curvature", "kfac_factors_mc", None, ("KFAC",)),
+    Row("curvature", "hvp", "jvp(grad)", ()),
+    Row("curvature", "ggn_vp", "jvp + vjp", ()),
+    Row("dp", "dp_sgd step", "vmap(grad) dp step", ("Opacus hooks", "Opacus ghost")),
+    Row("dp", "dp clip step", None, ()),  # noise_multiplier 0: the clipping and its norms alone
+)
+_MODULES = {
+    "per_example_grads": "first_order", "per_example_norms": "first_order",
+    "grad_variance": "first_order", "sum_grad_squared": "first_order", "diag_ggn": "curvature",
+    "diag_ggn_mc": "curvature", "kfac_factors": "curvature", "hvp": "curvature",
+    "ggn_vp": "curvature", "dp_sgd": "dp",
+}  # fmt: skip
+
+
+def jaxbp_function(name: str) -> Callable | None:
+    """jaxbp.quantities.<module>.<name>, or None while it does not exist."""
+    try:
+        return getattr(importlib.import_module(f"jaxbp.quantities.{_MODULES[name]}"), name)
+    except (ImportError, AttributeError):
+        return None
+
+
+def check(config) -> None:
+    """Raise ValueError for a config the quantities cannot run on: BatchNorm couples examples."""
+    if isinstance(config, VisionConfig) and config.builder == "cnn" or isinstance(config, Config):
+        return
+    raise ValueError(
+        f"bench --quantities runs on the MLP configs and cnn (BatchNorm dropped), not {config.name}"
+    )
+
+
+def problem(config: Config | VisionConfig):
+    """(model, loss, params, x, y, input_shape); cnn without its BatchNorm."""
+    check(config)
+    if isinstance(config, VisionConfig):
+        options = tuple(o for o in config.options if o[0] != "batch_norm")
+        config = dataclasses.replace(config, options=options + (("batch_norm", False),))
+        model, loss, params, _, x, y = config.problem()
+        return model, loss, params, x, y, config.input_shape
+    model, loss, params, x, y = _problem(config)
+    return model, loss, params, x, y, (config.inputs,)
