@@ -450,6 +450,7 @@ def test_mutant_embedding_is_caught():
 
 def _conv_backward(flip=True, dilate_dy=True, invert_padding=True, groups=True, dilation=True):
     """Conv's backward, with one of its ingredients switched off."""
+    from jaxbp.layers import _spatial as S
     from jaxbp.layers import conv as C
 
     def backward(self, params, x, dy):
@@ -457,7 +458,7 @@ def _conv_backward(flip=True, dilate_dy=True, invert_padding=True, groups=True, 
         spatial, axes = x.shape[1:-1], tuple(range(1, nd + 1))
         pairs = self._padding(spatial)
         W = params["W"] if flip else jnp.flip(params["W"], axis=tuple(range(nd)))
-        pads = tuple(map(C._transpose_padding, spatial, pairs, self._spans, s))
+        pads = tuple(map(S.transpose_padding, spatial, pairs, self._spans, s))
         g = self.groups if groups else 1
         dx = lax.conv_general_dilated(
             dy, C._transposed_kernel(W, g if g == self.groups else self.groups), (1,) * nd,
@@ -468,7 +469,7 @@ def _conv_backward(flip=True, dilate_dy=True, invert_padding=True, groups=True, 
         if not groups:  # dx right; dW pairs every input channel with every output's group 0
             W_all = lax.conv_general_dilated(
                 x, dy, d, tuple((lo, hi - r) for (lo, hi), r in zip(
-                    pairs, map(C._unread, spatial, pairs, self._spans, s))),
+                    pairs, map(S.unread, spatial, pairs, self._spans, s))),
                 rhs_dilation=s, dimension_numbers=C._weight_grad_dims(nd),
             )  # fmt: skip
             k = x.shape[-1] // self.groups

@@ -10,7 +10,8 @@ from conftest import assert_trees_close, cast, rel_error
 
 import jaxbp
 from jaxbp import layers as L
-from jaxbp.layers.protocol import eval_mode, init_state, leaves, train_mode
+from jaxbp.layers import eval_mode, init_state, train_mode
+from jaxbp.walk import leaves
 
 MODELS = {
     "residual": lambda: L.serial(

@@ -21,7 +21,7 @@ from jax.flatten_util import ravel_pytree
 
 from jaxbp import layers as L
 from jaxbp import losses
-from jaxbp.layers.protocol import eval_mode, forward_state, init_state
+from jaxbp.layers import eval_mode, forward_state, init_state
 from jaxbp.quantities import _columns, curvature
 from jaxbp.quantities.curvature import diag_ggn, diag_ggn_mc, ggn_vp, hvp, kfac_factors
 
@@ -299,7 +299,8 @@ def test_kfac_is_the_exact_ggn_block_for_one_example(kind, x64):
 
 def test_kfac_factors_of_a_cnn_by_path_and_conv_patches(x64):
     """Every Dense and Conv gets (A, G) of the documented shapes, nothing else; patches @ W + b
-    reproduces a strided, dilated, padded Conv (the A factor's rows are the right windows)."""
+    reproduces a strided, dilated, padded Conv (the A factor's rows, Conv.kfac_rows, are the right
+    windows)."""
     model, in_shape, batch, k, loss, extra = MODELS["cnn"]()
     params, x, y = _problem(model, in_shape, batch, k, loss, **extra)
     factors = _jit(lambda p: kfac_factors(model, loss, p, x, y), params)
@@ -314,8 +315,8 @@ def test_kfac_factors_of_a_cnn_by_path_and_conv_patches(x64):
     xc = jnp.asarray(np.random.default_rng(1).normal(size=(2, 5, 6, 2)))
     direct, y_conv = _jit(
         lambda p: (
-            curvature._patches(conv, xc) @ p["W"].reshape(-1, 3) + p["b"],
-            conv.apply(p, xc),
+            conv.kfac_rows(xc) @ jnp.concatenate([p["W"].reshape(-1, 3), p["b"][None]]),
+            conv.apply(p, xc).reshape(-1, 3),
         ),
         p,
     )
@@ -375,7 +376,12 @@ def test_plant_patches_in_lax_channel_order_is_caught(x64, monkeypatch):
         jax.lax.conv_general_dilated_patches, filter_shape=(2, 2), window_strides=(1, 1),
         padding="VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"),
     )  # fmt: skip
-    monkeypatch.setattr(curvature, "_patches", lambda layer, x: lax_order(x))
+
+    def lax_rows(layer, x):
+        flat = lax_order(x).reshape(-1, 12)
+        return jnp.concatenate([flat, jnp.ones((len(flat), 1), flat.dtype)], axis=1)
+
+    monkeypatch.setattr(L.Conv, "kfac_rows", lax_rows)
     planted = _jit(lambda p: kfac_factors(model, CE, p, x, y)[(0,)]["A"], params)
     assert rel_error(planted, good) > CAUGHT
 

@@ -17,7 +17,7 @@ from conftest import rel_error
 from jaxbp import layers as L
 from jaxbp import losses
 from jaxbp._compat import enable_x64
-from jaxbp.layers.protocol import forward_state, init_state
+from jaxbp.protocols import forward_state, init_state
 from jaxbp.quantities import (
     first_order,
     grad_variance,
@@ -32,6 +32,7 @@ from jaxbp.quantities._leaves import (
     record,
 )
 from jaxbp.signals import params_at
+from jaxbp.walk import leaves
 
 RTOL = 1e-10
 CAUGHT = 1e-3  # a planted error must move the result by at least this much
@@ -87,7 +88,7 @@ def _check_all(model, loss, params, x, y, ref, state=None, key=None, *, total=Fa
     )
     g, per_leaf, var, sgs, norms = jax.jit(run)(params)
     assert rel_error(g, ref) <= RTOL
-    with_params = {p for p, _ in L.protocol.leaves(model) if jax.tree.leaves(params_at(params, p))}
+    with_params = {p for p, _ in leaves(model) if jax.tree.leaves(params_at(params, p))}
     assert set(per_leaf) == with_params
     for path, n in per_leaf.items():
         assert rel_error(n, jnp.linalg.norm(_flat(params_at(ref, path)), axis=1)) <= RTOL, path
@@ -234,7 +235,10 @@ def test_batchnorm_in_training_raises_naming_its_path(key):
             f(model, losses.softmax_cross_entropy, params, x, y, state=init_state(model, params))
 
 
-def test_a_layer_without_a_rule_raises_naming_its_path(key):
+def test_a_layer_must_declare_its_examples_independent(key, x64):
+    """A user layer that does not say its examples never meet is refused, naming its path;
+    declared, the generic exact rule (its own backward, example by example) gives grad L_i."""
+
     class Scale(L.Layer):  # a user layer with params and no per-example rule
         def init(self, key, shape):
             return shape, {"s": jnp.ones(())}
@@ -245,10 +249,21 @@ def test_a_layer_without_a_rule_raises_naming_its_path(key):
         def backward(self, params, x, dy):
             return {"s": jnp.sum(x * dy)}, dy * params["s"]
 
+    x = jax.random.normal(key, (4, 2), jnp.float64)
+    y = jax.random.normal(jax.random.fold_in(key, 1), (4, 3), jnp.float64)
     model = L.serial(L.Dense(3), Scale())
     _, params = model.init(key, (2,))
-    with pytest.raises(NotImplementedError, match=r"layer \[1\] .*no per-example rule"):
-        per_example_grads(model, losses.mse, params, jnp.ones((4, 2)), jnp.ones((4, 3)))
+    params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64) + 0.5, params)
+    with pytest.raises(NotImplementedError, match=r"layer \[1\] .*examples_independent"):
+        per_example_grads(model, losses.mse, params, x, y)
+
+    class Declared(Scale):
+        examples_independent = True
+
+    model = L.serial(L.Dense(3), Declared())
+    got = per_example_grads(model, losses.mse, params, x, y)
+    one = jax.grad(lambda p, xi, yi: losses.mse.apply(model.apply(p, xi[None]), yi[None]))
+    assert rel_error(got, jax.vmap(one, (None, 0, 0))(params, x, y)) <= RTOL
 
 
 def test_wrong_label_shape_raises_as_backprop_does(key):

@@ -12,7 +12,7 @@ from conftest import assert_trees_close
 import jaxbp
 from jaxbp import datasets
 from jaxbp import layers as L
-from jaxbp.layers.protocol import init_state
+from jaxbp.layers import init_state
 from jaxbp.train import CHECKPOINT_NAME, fit
 
 KEY = jax.random.PRNGKey(3)

@@ -6,11 +6,23 @@ rule; the same sweep hands out per-example gradients, their norms, curvature and
 (`jaxbp.quantities`); `jaxbp.train` runs compiled training loops with optax.
 """
 
-from jaxbp import check, checkpoint, datasets, explain, feedback, layers, losses, signals, train
+from jaxbp import (
+    check,
+    checkpoint,
+    datasets,
+    explain,
+    feedback,
+    layers,
+    losses,
+    protocols,
+    signals,
+    train,
+    walk,
+)  # fmt: skip
 from jaxbp.backprop import autodiff, backprop, to_custom_vjp
 from jaxbp.check import CheckReport, check_backprop, check_layer, check_loss, check_vjp
 from jaxbp.feedback import (
-    Engine,
+    RuleEngine,
     alignment,
     direct_feedback_alignment,
     engine_from_rules,
@@ -36,6 +48,7 @@ from jaxbp.layers import (
     serial,
 )
 from jaxbp.losses import binary_cross_entropy, mse, softmax_cross_entropy
+from jaxbp.protocols import Combinator, Engine, Layer, Loss
 from jaxbp.quantities import grad_variance, per_example_grads, per_example_norms, sum_grad_squared
 from jaxbp.quantities.curvature import diag_ggn, diag_ggn_mc, ggn_vp, hvp, kfac_factors
 from jaxbp.quantities.dp import dp_sgd
@@ -45,13 +58,14 @@ __version__ = "0.1.0"
 
 __all__ = [
     "layers", "losses", "train", "datasets", "checkpoint", "explain", "signals", "feedback",
+    "protocols", "walk", "Layer", "Combinator", "Loss",
     "check", "check_layer", "check_loss", "check_backprop", "check_vjp", "CheckReport",
     "backprop", "autodiff", "to_custom_vjp",
     "Dense", "Sigmoid", "Tanh", "Relu", "LeakyRelu", "Elu", "Gelu", "Softplus", "Silu",
     "Identity", "Softmax", "LogSoftmax", "Flatten", "serial", "mlp", "activation",
     "mse", "binary_cross_entropy", "softmax_cross_entropy",
     "backprop_with_signals", "LayerSignals", "signal_stats", "to_floats",
-    "Engine", "engine_from_rules", "feedback_rule", "feedback_alignment",
+    "Engine", "RuleEngine", "engine_from_rules", "feedback_rule", "feedback_alignment",
     "direct_feedback_alignment", "alignment",
     "per_example_grads", "per_example_norms", "grad_variance", "sum_grad_squared", "dp_sgd",
     "diag_ggn", "diag_ggn_mc", "kfac_factors", "hvp", "ggn_vp",

@@ -16,7 +16,9 @@ from jaxbp import _fit_setup as setup  # the engine for grad=, accuracy scoring
 from jaxbp import _sampling
 from jaxbp._shuffle import permutation
 from jaxbp._types import Params
-from jaxbp.layers.protocol import eval_mode, forward_state, init_state, leaves, path_str
+from jaxbp.layers.mode import eval_mode
+from jaxbp.protocols import forward_state, init_state
+from jaxbp.walk import leaves, path_str
 
 __all__ = ["make_step", "make_epoch", "epoch_program", "compile_eval", "refuse_dropped_state"]
 

@@ -13,8 +13,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxbp import _multihost
 from jaxbp._types import Array
 from jaxbp.backprop import autodiff, backprop
-from jaxbp.layers.protocol import eval_mode, forward_state, init_state, leaves, path_str
-from jaxbp.losses import MSE, BinaryCrossEntropy, SoftmaxCrossEntropy
+from jaxbp.layers.mode import eval_mode
+from jaxbp.protocols import forward_state, init_state
+from jaxbp.walk import leaves, path_str
 
 ENGINES: dict[str, Callable] = {"backprop": backprop, "autodiff": autodiff}
 
@@ -146,43 +147,27 @@ def check_processes_agree(start, train_data, eval_data, params, opt_state, key) 
 # Scoring the eval data
 
 
-def accuracy_kind(loss, data, accuracy: bool | None = None) -> str | None:
-    """How to score predictions as right or wrong, when the task is a classification; fit's
-    accuracy= False turns it off, True requires one."""
+def accuracy_kind(loss, data, accuracy: bool | None = None) -> Callable | None:
+    """How to score predictions as right or wrong, when the loss says its targets have one
+    (loss.scorer): a function (y_pred, y) -> fraction right, or None; fit's accuracy= False
+    turns it off, True requires one."""
     if accuracy is not None and not isinstance(accuracy, bool):
         raise TypeError(f"fit: accuracy must be True, False or None, got {accuracy!r}")
     if accuracy is True and data is None:
         raise ValueError("fit: accuracy=True scores eval_data; pass eval_data=(x, y)")
     if data is None or accuracy is False:
         return None
-    kind = _inferred_accuracy(loss, data)
+    scorer = getattr(loss, "scorer", None)
+    kind = None if scorer is None else scorer(np.asarray(data[1]))
     if accuracy is True and kind is None:
         raise ValueError(
             f"fit: accuracy=True, but {loss!r} on these eval labels has no right or "
             "wrong: accuracy needs softmax cross-entropy, binary cross-entropy, or MSE on targets "
-            "all 0 or 1"
+            "all 0 or 1 (or a loss with a scorer)"
         )
     return kind
 
 
-def _inferred_accuracy(loss, data) -> str | None:
-    y = np.asarray(data[1])
-    if isinstance(loss, SoftmaxCrossEntropy):
-        return "argmax" if np.issubdtype(y.dtype, np.integer) else "argmax_rows"
-    if isinstance(loss, BinaryCrossEntropy):
-        return "logit"
-    if isinstance(loss, MSE) and np.isin(y, (0, 1)).all():
-        return "half"  # 0/1 targets fitted with MSE, like the seed's XOR
-    return None
-
-
-def accuracy_of(kind, y_pred, y):
-    if kind == "argmax":
-        return jnp.mean(jnp.argmax(y_pred, -1) == y)
-    if kind == "argmax_rows":
-        return jnp.mean(jnp.argmax(y_pred, -1) == jnp.argmax(y, -1))
-    if kind == "logit":
-        return jnp.mean((y_pred > 0) == (y > 0.5))
-    if kind == "half":
-        return jnp.mean((y_pred > 0.5) == (y > 0.5))
-    return None
+def accuracy_of(kind: Callable | None, y_pred, y):
+    """The fraction right by the loss's scorer, or None when the task has none."""
+    return None if kind is None else kind(y_pred, y)

@@ -1,8 +1,9 @@
 """Gradients: the hand-written reverse sweep (`backprop`), its referee (`autodiff`), and a bridge.
 
-backprop is two sweeps. Forward: each layer computes its output and keeps its residuals.
-Reverse: the loss's rule gives dC/dy_pred, and each layer's rule, last to first, turns the
-cotangent of its output into the gradient of its params and the cotangent of its input.
+backprop is two sweeps (`jaxbp.walk.trace`, the driver every tool shares). Forward: each layer
+computes its output and keeps its residuals. Reverse: the loss's rule gives dC/dy_pred, and each
+layer's rule, last to first, turns the cotangent of its output into the gradient of its params
+and the cotangent of its input.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from typing import Any
 
 import jax
 
+from jaxbp import walk
 from jaxbp._types import Array, Params, PRNGKey
-from jaxbp.layers.protocol import State, forward_state
+from jaxbp.protocols import State, forward_state
 
 __all__ = ["backprop", "autodiff", "to_custom_vjp"]
 
@@ -34,14 +36,8 @@ def backprop(
     and updates it and the result is (value, grads, new_state).
     Under jit, XLA drops the first layer's input cotangent, which nothing uses.
     """
-    if state is None:
-        y_pred, residuals = model.forward(params, x, key=key)
-    else:
-        y_pred, residuals, state = forward_state(model, params, state, x, key=key)
-    value, loss_residuals = loss.forward(y_pred, y)
-    dy_pred = loss.backward(loss_residuals)
-    grads, _ = model.backward(params, residuals, dy_pred)
-    return (value, grads) if state is None else (value, grads, state)
+    t = walk.trace(model, loss, params, x, y, key=key, state=state, record=False)
+    return (t.value, t.grads) if state is None else (t.value, t.grads, t.state)
 
 
 def autodiff(

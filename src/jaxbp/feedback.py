@@ -1,19 +1,20 @@
 """Swappable credit assignment: the same forward pass, a different backward rule.
 
 Autodiff can only give the true gradient; a hand-written sweep can be told to do otherwise.
-An `Engine` has backprop's signature, `engine(model, loss, params, x, y, *, key=None) ->
-(value, grads)`, so the training loop takes it wherever it takes `backprop`. Built here:
+A `RuleEngine` is an engine (`jaxbp.protocols.Engine`: backprop's signature and result), so the
+training loop takes it wherever it takes `backprop`. Built here:
 
 - `engine_from_rules(rules)`: the hook. rules[path](params, residuals, dy) -> (dparams, dx)
-  replaces the backward of the layer at that path (e.g. (3, 0, 1); an int i means (i,)); every
-  other layer keeps its own.
-- `feedback_alignment` (FA, Lillicrap et al. 2016): each Dense layer sends its delta back through
-  a fixed random B (W's shape) instead of W, dx = dy B^T; dW = x^T dy and db as usual.
+  replaces the backward of the leaf layer at that path (e.g. (3, 0, 1); an int i means (i,));
+  every other layer keeps its own, and every combinator its own (a Residual's skip still adds).
+- `feedback_alignment` (FA, Lillicrap et al. 2016): each layer with a weight matrix that declares
+  a feedback rule (Dense: `feedback_shape`, `feedback_backward`) sends its delta back through a
+  fixed random B (W's shape) instead of W, dx = dy B^T; dW = x^T dy and db as usual.
 - `direct_feedback_alignment` (DFA, Nokland 2016): the output error e = dC/dy_pred goes straight
-  to every hidden layer through a fixed random B_k: the input of each Dense layer k but the first
+  to every hidden layer through a fixed random B_k: the input of each such layer k but the first
   (the output of the activation below it) receives e @ B_k in place of dy W_k^T. From there the
-  activations' own rules turn it into dC/dz of the Dense layer below; the last Dense layer gets
-  the true error. For a model that outputs logits, e is dC/dz_L, the error DFA papers project.
+  activations' own rules turn it into dC/dz of the layer below; the last one gets the true
+  error. For a model that outputs logits, e is dC/dz_L, the error DFA papers project.
 - `alignment(engine_grads, true_grads)`: the angle in degrees between the update an engine used
   and the true gradient, per parameter leaf.
 """
@@ -31,21 +32,20 @@ import jax
 import jax.numpy as jnp
 
 from jaxbp._types import Array, Grads, Params, PRNGKey, Shape
-from jaxbp.layers import Dense
-from jaxbp.layers.protocol import Path, leaves
-from jaxbp.signals import ByPath, Rule, backprop_with_signals, params_at, to_floats
+from jaxbp.signals import backprop_with_signals, to_floats
+from jaxbp.walk import ByPath, Path, Rule, as_path, layer_at, leaves, params_at
 
 __all__ = [
-    "Engine", "engine_from_rules", "feedback_rule", "feedback_alignment", "direct_feedback",
+    "RuleEngine", "engine_from_rules", "feedback_rule", "feedback_alignment", "direct_feedback",
     "direct_feedback_alignment", "angles", "alignment",
 ]  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True, eq=False)  # eq=False: hashed by identity, like a function
-class Engine:
+class RuleEngine:
     """A gradient engine: backprop's forward pass and signature, other backward rules.
 
-    rules(e) -> {layer path: Rule}, given the output error e = dC/dy_pred. feedback holds the
+    rules(e) -> {leaf path: Rule}, given the output error e = dC/dy_pred. feedback holds the
     fixed matrices the rules use, by the path of the layer whose input cotangent they make.
     """
 
@@ -57,31 +57,17 @@ class Engine:
         return self.name
 
     def __call__(
-        self,
-        model: Any,
-        loss: Any,
-        params: Params,
-        x: Array,
-        y: Array,
-        *,
-        key: PRNGKey | None = None,
-        state: Any = None,
-    ) -> tuple:
+        self, model: Any, loss: Any, params: Params, x: Array, y: Array, *,
+        key: PRNGKey | None = None, state: Any = None,
+    ) -> tuple:  # fmt: skip
         """(value, grads) like backprop; with state=..., (value, grads, new_state)."""
         out = self.with_signals(model, loss, params, x, y, key=key, state=state)
         return out[:2] if state is None else (*out[:2], out[3])
 
     def with_signals(
-        self,
-        model: Any,
-        loss: Any,
-        params: Params,
-        x: Array,
-        y: Array,
-        *,
-        key: PRNGKey | None = None,
-        state: Any = None,
-    ) -> tuple:
+        self, model: Any, loss: Any, params: Params, x: Array, y: Array, *,
+        key: PRNGKey | None = None, state: Any = None,
+    ) -> tuple:  # fmt: skip
         """(value, grads, signals[, new_state]), the deltas being those this engine sent back."""
         return backprop_with_signals(
             model, loss, params, x, y, key=key, state=state, rules=self.rules
@@ -93,47 +79,41 @@ def engine_from_rules(
     *,
     name: str = "custom",
     feedback: Mapping[Path, Array] | None = None,
-) -> Engine:
+) -> RuleEngine:
     """The hook: an engine whose layer at path p runs rules[p](params, residuals, dy), which
     returns (dparams, dx).
 
     dparams must have the structure of the layer's params and dx the shape of its input.
     feedback: matrices the rules close over, kept on the engine for inspection.
     """
-    rules = {(k,) if isinstance(k, int) else tuple(k): rule for k, rule in rules.items()}
-    return Engine(rules=lambda e: rules, feedback=ByPath(feedback or {}), name=name)
+    rules = {as_path(k, "a rule's path"): rule for k, rule in rules.items()}
+    return RuleEngine(rules=lambda e: rules, feedback=ByPath(feedback or {}), name=name)
 
 
 def feedback_rule(layer: Any, B: Array) -> Rule:
     """layer's backward with dx = dy B^T in place of dy W^T; dparams as usual from dy.
 
-    For Dense (params["W"]: (in, out)); B has W's shape and stays fixed.
+    For a layer that declares feedback_backward (Dense); B has W's shape and stays fixed.
     """
-
-    def rule(params, residuals, dy):
-        if B.shape != params["W"].shape:
-            raise ValueError(f"feedback matrix has shape {B.shape}, W has {params['W'].shape}")
-        dparams, _ = layer.backward(params, residuals, dy)
-        return dparams, dy @ B.T.astype(dy.dtype)
-
-    return rule
+    if not callable(getattr(layer, "feedback_backward", None)):
+        raise TypeError(
+            f"feedback_rule: {layer!r} has no feedback_backward(params, residuals, dy, B), "
+            "the rule that sends dy back through a fixed B (Dense has one)"
+        )
+    return lambda params, residuals, dy: layer.feedback_backward(params, residuals, dy, B)
 
 
-def _dense_shapes(model: Any, params_or_input_shape: Params | Shape, key: PRNGKey) -> dict:
-    """{path: (in, out)} of each Dense layer's W at any depth, in forward order, from params or
-    traced from an input shape."""
+def _feedback_shapes(model: Any, params_or_input_shape: Params | Shape, key: PRNGKey) -> dict:
+    """{path: (in, out)} of the weight of each layer with a feedback rule, at any depth, in
+    forward order, from params or traced from an input shape."""
     given = params_or_input_shape
     if isinstance(given, (tuple, list)) and all(isinstance(d, int) for d in given):
         _, given = jax.eval_shape(lambda k: model.init(k, tuple(params_or_input_shape)), key)
     return {
-        path: tuple(params_at(given, path)["W"].shape)
+        path: layer.feedback_shape(params_at(given, path))
         for path, layer in leaves(model)
-        if isinstance(layer, Dense)
+        if callable(getattr(layer, "feedback_shape", None))
     }
-
-
-def _layer_at(model: Any, path: Path) -> Any:
-    return dict(leaves(model))[path]
 
 
 @functools.partial(jax.jit, static_argnames="specs")
@@ -151,19 +131,22 @@ def _normals(key: PRNGKey, specs: tuple) -> dict[int, Array]:
 
 def feedback_alignment(
     model: Any, params_or_input_shape: Params | Shape, *, key: PRNGKey
-) -> Engine:
-    """FA: every Dense layer k gets a fixed B_k ~ N(0, 1/in_k) of W_k's shape (in_k, out_k).
+) -> RuleEngine:
+    """FA: every layer k with a feedback rule (Dense) gets a fixed B_k ~ N(0, 1/in_k) of its
+    weight's shape (in_k, out_k).
 
     params_or_input_shape: the model's params, or its per-example input shape, to size the B's.
     The same key gives the same matrices; engine.feedback holds them.
     """
-    shapes = _dense_shapes(model, params_or_input_shape, key)
+    shapes = _feedback_shapes(model, params_or_input_shape, key)
     if not shapes:
-        raise ValueError(f"feedback_alignment: {model!r:.80} has no Dense layer")
+        raise ValueError(
+            f"feedback_alignment: {model!r:.80} has no layer with a feedback rule (Dense)"
+        )
     # Variance 1/in, like W's own init, so backward signals start at backprop's scale.
     specs = tuple((k, shape, shape[0]) for k, shape in shapes.items())
     matrices = _normals(key, specs)
-    rules = {k: feedback_rule(_layer_at(model, k), B) for k, B in matrices.items()}
+    rules = {k: feedback_rule(layer_at(model, k), B) for k, B in matrices.items()}
     return engine_from_rules(rules, name="feedback_alignment", feedback=matrices)
 
 
@@ -183,27 +166,30 @@ def _projected(layer: Any, B: Array, e: Array) -> Rule:
 
 def direct_feedback(
     model: Any, matrices: Mapping[Path | int, Array], *, name: str = "direct_feedback"
-) -> Engine:
+) -> RuleEngine:
     """DFA with given matrices: layer k's input cotangent is e @ matrices[k], (n_out, in_k)."""
-    matrices = {(k,) if isinstance(k, int) else tuple(k): B for k, B in matrices.items()}
-    layers = {k: _layer_at(model, k) for k in matrices}
+    matrices = {as_path(k, "a matrix's path"): B for k, B in matrices.items()}
+    layers = {k: layer_at(model, k) for k in matrices}
 
     def rules(e):
         return {k: _projected(layers[k], B, e) for k, B in matrices.items()}
 
-    return Engine(rules=rules, feedback=ByPath(matrices), name=name)
+    return RuleEngine(rules=rules, feedback=ByPath(matrices), name=name)
 
 
 def direct_feedback_alignment(
     model: Any, params_or_input_shape: Params | Shape, *, key: PRNGKey
-) -> Engine:
-    """DFA: each Dense layer k but the first gets a fixed B_k ~ N(0, 1/n_out), (n_out, in_k).
-
-    n_out is the last Dense layer's width (the model's output). The same key gives the same B's.
+) -> RuleEngine:
+    """DFA: each layer k with a feedback rule (Dense) but the first gets a fixed
+    B_k ~ N(0, 1/n_out), (n_out, in_k). n_out is the last such layer's width (the model's
+    output). The same key gives the same B's.
     """
-    shapes = _dense_shapes(model, params_or_input_shape, key)
+    shapes = _feedback_shapes(model, params_or_input_shape, key)
     if len(shapes) < 2:
-        raise ValueError(f"direct_feedback_alignment: {model!r:.80} needs two or more Dense layers")
+        raise ValueError(
+            f"direct_feedback_alignment: {model!r:.80} needs two or more layers with a feedback "
+            "rule (Dense)"
+        )
     dense = list(shapes)  # forward order
     n_out = shapes[dense[-1]][1]
     # Variance 1/n_out, the projection's fan-in, as a Dense layer from e would be drawn.

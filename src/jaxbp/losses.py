@@ -19,6 +19,15 @@ axis; positions: the axes before it, the batch's included):
         A random cotangent with E[s s^T] = d2C/dy_pred2 (Monte Carlo: the gradient of C at a
         label drawn from the model's own predictive distribution, positions independent).
 
+Optional, what a loss knows of its targets (read by jaxbp.check and fit):
+
+    targets: str
+        How the checker draws targets: "normal", "unit" (in [0, 1]), "labels" or "probs".
+    scorer(y) -> None, or accuracy(y_pred, y) -> the fraction right
+        Whether these targets (NumPy, values known) have a right or wrong answer, and how to
+        count it.
+
+The typed protocol is `jaxbp.protocols.Loss`, the built-ins' base (it supplies `apply`).
 Shapes are validated at trace time: nothing is broadcast silently ((m, 1) against (m,) raises).
 """
 
@@ -32,18 +41,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxbp._types import Array
+from jaxbp.protocols import Loss
 
 __all__ = [
     "Loss", "MSE", "BinaryCrossEntropy", "SoftmaxCrossEntropy", "mse", "binary_cross_entropy",
     "softmax_cross_entropy", "LOSSES", "get",
 ]  # fmt: skip
-
-
-class Loss:
-    """Base for the built-in losses: supplies `apply` and a short name."""
-
-    def apply(self, y_pred: Array, y: Array) -> Array:
-        return self.forward(y_pred, y)[0]
 
 
 def _check_pred(loss: Loss, y_pred: Array) -> None:
@@ -81,8 +84,16 @@ class MSE(Loss):
     Note the sign: dL/dy' = y' - y (the usual write-up of step 2 drops the minus from y - y').
     """
 
+    targets = "normal"
+
     def __repr__(self):
         return "mse"
+
+    def scorer(self, y):
+        """Targets all 0 or 1 (the seed's XOR) are right where y' falls on their side of 1/2."""
+        if not np.isin(y, (0, 1)).all():
+            return None
+        return lambda y_pred, y: jnp.mean((y_pred > 0.5) == (y > 0.5))
 
     def forward(self, y_pred, y):
         _check_same_shape(self, y_pred, y)
@@ -112,8 +123,14 @@ class BinaryCrossEntropy(Loss):
     Targets y in [0, 1], same shape as z; L_i sums over the outputs of example i.
     """
 
+    targets = "unit"
+
     def __repr__(self):
         return "binary_cross_entropy"
+
+    def scorer(self, y):
+        """Right where the logit's sign is the side of 1/2 the target is on."""
+        return lambda z, y: jnp.mean((z > 0) == (y > 0.5))
 
     def forward(self, z, y):
         _check_same_shape(self, z, y)
@@ -153,8 +170,16 @@ class SoftmaxCrossEntropy(Loss):
     C is the mean over batch and time); for (m, k) logits, N = m.
     """
 
+    targets = "labels"
+
     def __repr__(self):
         return "softmax_cross_entropy"
+
+    def scorer(self, y):
+        """Right where the largest logit is the label's class (a probability row's largest)."""
+        if np.issubdtype(np.asarray(y).dtype, np.integer):
+            return lambda z, y: jnp.mean(jnp.argmax(z, -1) == y)
+        return lambda z, y: jnp.mean(jnp.argmax(z, -1) == jnp.argmax(y, -1))
 
     def forward(self, z, y):
         self._check(z, y)

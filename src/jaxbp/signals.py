@@ -3,9 +3,9 @@
 `backprop_with_signals` runs backprop's two sweeps and also returns, for every layer at any depth
 (named by its path in the params tree, e.g. (3, 0, 1)), its input, its output and its delta: the
 cotangent dC/d(output) that reaches it in the reverse sweep (for a Dense layer, the textbooks'
-dC/dz). Plain `backprop` is
-untouched, so the signals cost nothing unless asked for. The same sweep takes replacement backward
-rules, which is how `jaxbp.feedback` swaps credit assignment while keeping the forward pass.
+dC/dz). Plain `backprop` records nothing, so the signals cost nothing unless asked for. The
+same sweep (`jaxbp.walk.trace`) takes replacement backward rules, which is how `jaxbp.feedback`
+swaps credit assignment while keeping the forward pass.
 """
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxbp._types import Array, Grads, Params, PRNGKey, Residuals
-from jaxbp.layers.combinators import Rule, Sweep, sweep_backward, sweep_forward
-from jaxbp.layers.protocol import Path, State, is_combinator, path_str
+from jaxbp._types import Array, Grads, Params, PRNGKey
+from jaxbp.protocols import State
+from jaxbp.walk import ByPath, Path, Rule, params_at, trace
 
 __all__ = [
-    "LayerSignals", "Signals", "ByPath", "Rule", "backprop_with_signals", "forward_sweep",
-    "reverse_sweep", "signal_stats", "to_floats", "params_at",
+    "LayerSignals", "Signals", "ByPath", "Rule", "backprop_with_signals", "signal_stats",
+    "to_floats", "params_at",
 ]  # fmt: skip
 
 
@@ -35,81 +35,7 @@ class LayerSignals(NamedTuple):
     delta: Array
 
 
-@jax.tree_util.register_pytree_node_class
-class ByPath(dict):
-    """{path: value} in forward order, a layer's path being its address in the params tree,
-    e.g. (3, 0, 1). An int i stands for the top-level path (i,). A pytree, so jit returns it."""
-
-    def __getitem__(self, path):
-        return super().__getitem__(_as_path(path))
-
-    def __contains__(self, path):
-        return super().__contains__(_as_path(path))
-
-    def named(self) -> dict[str, Any]:
-        """The same values keyed by printed path, '[3][0][1]': ready for JSON."""
-        return {path_str(p): v for p, v in self.items()}
-
-    def tree_flatten(self):
-        return list(self.values()), list(self.keys())
-
-    @classmethod
-    def tree_unflatten(cls, paths, values):
-        return cls(zip(paths, values))
-
-
-def _as_path(path) -> Path:
-    return (path,) if isinstance(path, int) else tuple(path)
-
-
-Signals = ByPath  # of LayerSignals, one per layer that is not a combinator
-
-
-def _check_rules(model: Any, rules: Mapping) -> dict[Path, Rule]:
-    """rules keyed by path (an int i meaning (i,)); a path that names no layer raises."""
-    rules = {_as_path(p): r for p, r in dict(rules or {}).items()}
-    known = set(_all_paths(model))
-    unknown = sorted(path_str(p) for p in rules if p not in known)
-    if unknown:
-        raise ValueError(
-            f"rules for layers {', '.join(unknown)}, but the model's layers are at "
-            f"{', '.join(sorted(map(path_str, known - {()})))}"
-        )
-    return rules
-
-
-def _all_paths(model: Any, path: Path = ()):
-    yield path
-    if is_combinator(model):
-        for step, child in model.sublayers():
-            yield from _all_paths(child, path + step)
-
-
-def forward_sweep(
-    model: Any, params: Params, x: Array, *, key: PRNGKey | None = None, state: State = None
-) -> tuple[Array, Residuals, ByPath, State]:
-    """model's forward, also returning each leaf layer's input by path: (y, residuals, inputs,
-    new_state); state None runs without a state tree (new_state is then None)."""
-    sweep = Sweep(record=True)
-    y, residuals, state = sweep_forward(model, params, state, x, key, (), sweep)
-    return y, residuals, ByPath(sweep.inputs), state
-
-
-def reverse_sweep(
-    model: Any,
-    params: Params,
-    residuals: Residuals,
-    dy: Array,
-    rules: Mapping[Path | int, Rule] | None = None,
-) -> tuple[Grads, ByPath]:
-    """model's backward, also returning the delta reaching each leaf layer's output by path.
-
-    rules[path], when given, replaces that layer's backward rule (a combinator's too); every
-    other layer uses its own.
-    """
-    sweep = Sweep(rules=_check_rules(model, rules), record=True)
-    grads, _ = sweep_backward(model, params, residuals, dy, (), sweep)
-    return grads, ByPath(sweep.deltas)
+Signals = ByPath  # of LayerSignals, one per leaf layer
 
 
 def backprop_with_signals(
@@ -121,33 +47,20 @@ def backprop_with_signals(
     *,
     key: PRNGKey | None = None,
     state: State = None,
-    rules: Callable[[Array], Mapping[Path | int, Rule]] | None = None,
+    rules: Callable[[Array], Mapping[Path | int, Rule]] | Mapping[Path | int, Rule] | None = None,
 ) -> tuple:
     """backprop's (value, grads), plus each leaf layer's LayerSignals(input, output, delta) by
     path, in forward order; with state=..., (value, grads, signals, new_state).
 
-    rules(e), given the output error e = dC/dy_pred, names backward rules that replace those of
-    chosen layers, by path (see jaxbp.feedback); None is plain backprop. Works under jit and vmap.
+    rules: {leaf path: Rule} replacing those leaves' backward rules, or a function of the output
+    error e = dC/dy_pred that gives them (see jaxbp.feedback); None is plain backprop. A path
+    names a leaf layer, never a combinator (jaxbp.walk). Works under jit and vmap.
     """
-    sweep = Sweep(record=True)
-    y_pred, residuals, new_state = sweep_forward(model, params, state, x, key, (), sweep)
-    value, loss_residuals = loss.forward(y_pred, y)
-    e = loss.backward(loss_residuals)
-    if rules is not None:
-        sweep.rules = _check_rules(model, rules(e))
-    grads, _ = sweep_backward(model, params, residuals, e, (), sweep)
+    t = trace(model, loss, params, x, y, key=key, state=state, rules=rules)
     signals = ByPath(
-        (p, LayerSignals(sweep.inputs[p], sweep.outputs[p], sweep.deltas.get(p)))
-        for p in sweep.inputs
+        (p, LayerSignals(t.inputs[p], t.outputs[p], t.deltas.get(p))) for p in t.inputs
     )
-    return (value, grads, signals) if state is None else (value, grads, signals, new_state)
-
-
-def params_at(params: Params, path: Path) -> Params:
-    """The subtree of params (or grads) at a layer's path."""
-    for step in path:
-        params = params[step]
-    return params
+    return (t.value, t.grads, signals) if state is None else (t.value, t.grads, signals, t.state)
 
 
 def _norm(a: Array) -> Array:

@@ -33,7 +33,7 @@ from jaxbp import _multihost, checkpoint
 from jaxbp._epoch import compile_eval, epoch_program, make_epoch, make_step
 from jaxbp._progress import Progress
 from jaxbp._types import Array, Params, PRNGKey
-from jaxbp.layers.protocol import State
+from jaxbp.protocols import State
 
 __all__ = [
     "fit",

@@ -24,7 +24,6 @@ from jaxbp.cli._privacy import check_dp
 from jaxbp.cli._sequence import describe_run, report_baselines, reported, sequence_model
 from jaxbp.cli._train_options import SEQUENCE_MODELS, resolve_defaults
 from jaxbp.layers import IMAGE_PRESETS, init_state, mlp, preset
-from jaxbp.losses import SoftmaxCrossEntropy
 from jaxbp.train import CHECKPOINT_NAME, TrainingDiverged, fit
 
 
@@ -130,10 +129,9 @@ def _check_fit(args, model, loss, params, train_data, test_data, n_devices: int)
         if np.issubdtype(np.asarray(y).dtype, np.integer):
             hint = f"; {args.dataset} has integer class labels: use softmax_cross_entropy"
         raise UsageError(f"{reason(error)}{hint}") from error
-    if isinstance(loss, SoftmaxCrossEntropy) and out.shape[-1] == 1:
+    if getattr(loss, "targets", None) == "labels" and out.shape[-1] == 1:  # one class: no choice
         raise UsageError(
-            "softmax_cross_entropy over a single output is always 0: "
-            "use --loss binary_cross_entropy or mse"
+            f"{loss!r} over a single output is always 0: use --loss binary_cross_entropy or mse"
         )
     if n_devices > 1 and batch % n_devices:
         raise UsageError(

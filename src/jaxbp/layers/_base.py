@@ -1,4 +1,4 @@
-"""The base every built-in layer shares, and the input checks they raise from."""
+"""The input checks the built-in layers raise from (the base class is `jaxbp.protocols.Layer`)."""
 
 from __future__ import annotations
 
@@ -7,17 +7,10 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from jaxbp._types import Array, Params, PRNGKey, Shape
+from jaxbp._types import Array, Shape
 
 
-class Layer:
-    """Base for the built-in layers: supplies `apply`."""
-
-    def apply(self, params: Params, x: Array, *, key: PRNGKey | None = None) -> Array:
-        return self.forward(params, x, key=key)[0]
-
-
-def _check_input(layer: Any, x: Array, expected: Shape | None = None, *, min_ndim: int = 1) -> None:
+def check_input(layer: Any, x: Array, expected: Shape | None = None, *, min_ndim: int = 1) -> None:
     """Raise at trace time when x cannot be this layer's input."""
     if not hasattr(x, "shape") or not hasattr(x, "dtype"):
         raise TypeError(f"{layer!r}: input must be an array, got {type(x).__name__}")
@@ -35,7 +28,7 @@ def _check_input(layer: Any, x: Array, expected: Shape | None = None, *, min_ndi
         )
 
 
-def _describe(tree: Any) -> str:
+def describe(tree: Any) -> str:
     """{'W': (3, 3, 2, 4), 'b': list}: what a params tree holds, for error messages."""
     if not isinstance(tree, Mapping):
         return type(tree).__name__

@@ -11,7 +11,8 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.special import erf
 
-from jaxbp.layers._base import Layer, _check_input
+from jaxbp.layers._base import check_input
+from jaxbp.protocols import Layer
 
 # Elementwise activations: each is its function and its derivative, side by side.
 # `save` says which array the derivative is computed from: the input x or the output y.
@@ -19,11 +20,13 @@ from jaxbp.layers._base import Layer, _check_input
 
 @dataclasses.dataclass(frozen=True)
 class _Elementwise(Layer):
+    examples_independent = True  # elementwise: no example reads another
+
     def init(self, key, input_shape):
         return tuple(input_shape), ()
 
     def forward(self, params, x, *, key=None):
-        _check_input(self, x)
+        check_input(self, x)
         y = self.f(x)
         return y, (y if self.save == "y" else x)
 
@@ -53,6 +56,8 @@ class Tanh(_Elementwise):
 class Relu(_Elementwise):
     """ReLU: y = max(x, 0); dy/dx = 1 if x > 0 else 0 (y > 0 exactly when x > 0)."""
 
+    selects = True  # at x = 0 the rule picks a side: the checker draws zeros too
+
     save = "y"
     f = staticmethod(jax.nn.relu)
     df = staticmethod(lambda y: (y > 0).astype(y.dtype))
@@ -63,7 +68,7 @@ class Identity(_Elementwise):
     """Identity: y = x; dy/dx = 1."""
 
     def forward(self, params, x, *, key=None):
-        _check_input(self, x)
+        check_input(self, x)
         return x, ()
 
     def backward(self, params, residuals, dy):
@@ -75,6 +80,7 @@ class LeakyRelu(_Elementwise):
     """Leaky ReLU: y = x if x >= 0 else a x; dy/dx = 1 if x >= 0 else a."""
 
     negative_slope: float = 0.01
+    selects = True  # at x = 0 the rule picks a side: the checker draws zeros too
     save = "x"
 
     def f(self, x):
@@ -157,11 +163,13 @@ class Gelu(_Elementwise):
 class Softmax(Layer):
     """Softmax over the last axis: y = e^x / sum e^x; dx = y (dy - sum(dy y))."""
 
+    examples_independent = True  # over the last axis of each row
+
     def init(self, key, input_shape):
         return tuple(input_shape), ()
 
     def forward(self, params, x, *, key=None):
-        _check_input(self, x)
+        check_input(self, x)
         y = jax.nn.softmax(x, axis=-1)
         return y, y
 
@@ -173,11 +181,13 @@ class Softmax(Layer):
 class LogSoftmax(Layer):
     """Log-softmax over the last axis: y = x - logsumexp(x); dx = dy - e^y sum(dy)."""
 
+    examples_independent = True  # over the last axis of each row
+
     def init(self, key, input_shape):
         return tuple(input_shape), ()
 
     def forward(self, params, x, *, key=None):
-        _check_input(self, x)
+        check_input(self, x)
         y = jax.nn.log_softmax(x, axis=-1)
         return y, y
 

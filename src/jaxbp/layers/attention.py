@@ -13,7 +13,8 @@ from jax import lax
 
 from jaxbp._matmul import weight_grad
 from jaxbp._types import Array, Params, PRNGKey, Shape
-from jaxbp.layers._base import Layer, _check_input, _describe
+from jaxbp.layers._base import check_input, describe
+from jaxbp.protocols import Layer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +45,7 @@ class SelfAttention(Layer):
     num_heads: int
     causal: bool = True
     recompute: bool = False
+    examples_independent = True  # tokens attend within their own sequence
 
     def __post_init__(self):
         h = self.num_heads
@@ -75,7 +77,7 @@ class SelfAttention(Layer):
     def forward(self, params, x, *, key=None):
         if getattr(x, "ndim", 3) != 3:
             raise ValueError(f"{self!r}: expects inputs of shape (batch, T, C), got {x.shape}")
-        _check_input(self, x, min_ndim=2)
+        check_input(self, x, min_ndim=2)
         self._check_channels(x.shape[-1], f"input shape {tuple(x.shape)}")
         _check_params(self, params, x.shape[-1])
         q, k, v = self._split(x @ params["W_qkv"] + params["b_qkv"], 3)
@@ -163,5 +165,5 @@ def _check_params(layer: Any, params: Any, C: int) -> None:
     if not ok or any(tuple(getattr(params[n], "shape", ())) != s for n, s in want.items()):
         raise ValueError(
             f"{layer!r}: params must be {{'W_qkv': (C, 3C), 'b_qkv': (3C,), 'W_out': (C, C), "
-            f"'b_out': (C,)}} with C = {C}, the input's last axis; got {_describe(params)}"
+            f"'b_out': (C,)}} with C = {C}, the input's last axis; got {describe(params)}"
         )

@@ -1,73 +1,28 @@
 """Composition: Serial, Residual and Parallel, whose backward sums their fan-out's cotangents.
 
-A combinator's forward and backward walk its children by path (see `jaxbp.layers.protocol`).
-The walk carries a `Sweep`: replacement backward rules by path, and, when signals are asked for,
-a record of every leaf layer's input, output and delta. Plain forward/backward use an empty one.
+A combinator's forward and backward reach each child through `jaxbp.walk`'s sweeps at the
+child's path (the protocol: `jaxbp.protocols.Combinator`). All three place their children's
+params side by side or pass them through (params_disjoint = True).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from jaxbp._types import Array, Grads, Params, PRNGKey, Residuals
-from jaxbp.layers._base import Layer
-from jaxbp.layers.protocol import Path, State, forward_state, init_state, is_combinator
+from jaxbp.protocols import Combinator, init_state
+from jaxbp.walk import Path, Sweep, blame, path_str, sweep_backward, sweep_forward
 
-__all__ = ["Serial", "Residual", "Parallel", "Sweep", "serial", "sweep_forward", "sweep_backward"]
-
-# A backward rule in the protocol's convention: (params, residuals, dy) -> (dparams, dx).
-Rule = Callable[[Params, Residuals, Array], tuple[Grads, Array]]
+__all__ = ["Serial", "Residual", "Parallel", "serial", "CombinatorBase", "check_layers"]
 
 
-@dataclasses.dataclass
-class Sweep:
-    """What a walk carries besides arrays: rules[path] replaces that layer's backward; with
-    record=True, inputs/outputs/deltas[path] collect each leaf layer's signals as it passes."""
-
-    rules: Mapping[Path, Rule] = dataclasses.field(default_factory=dict)
-    record: bool = False
-    inputs: dict = dataclasses.field(default_factory=dict)
-    outputs: dict = dataclasses.field(default_factory=dict)
-    deltas: dict = dataclasses.field(default_factory=dict)
-
-
-def sweep_forward(
-    layer: Any, params: Params, state: State | None, x: Array, key: PRNGKey | None,
-    path: Path, sweep: Sweep,
-) -> tuple[Array, Residuals, State | None]:  # fmt: skip
-    """One layer's forward inside a walk; state None means 'no state tree' (plain forward)."""
-    if is_combinator(layer):
-        return layer.walk_forward(params, state, x, key, path, sweep)
-    with _Blame(path, layer):
-        if state is None:
-            y, residuals = layer.forward(params, x, key=key)
-        else:
-            y, residuals, state = forward_state(layer, params, state, x, key=key)
-    if sweep.record:
-        sweep.inputs[path], sweep.outputs[path] = x, y
-    return y, residuals, state
-
-
-def sweep_backward(
-    layer: Any, params: Params, residuals: Residuals, dy: Array, path: Path, sweep: Sweep
-) -> tuple[Grads, Array]:
-    """One layer's backward inside a walk: its rule, or the one sweep.rules names for its path."""
-    rule = sweep.rules.get(path)
-    if rule is None and is_combinator(layer):
-        return layer.walk_backward(params, residuals, dy, path, sweep)
-    if sweep.record:
-        sweep.deltas[path] = dy
-    with _Blame(path, layer):
-        return (rule or layer.backward)(params, residuals, dy)
-
-
-class _Combinator(Layer):
-    """forward/backward/forward_state of a combinator: a walk from its own path, ()."""
+class CombinatorBase(Combinator):
+    """A base for combinators (the built-in ones and a user's): forward, forward_state and
+    backward as a walk from the combinator's own path, (); subclasses write sublayers,
+    with_sublayers, walk_forward, walk_backward and declare params_disjoint."""
 
     def forward(self, params, x, *, key=None):
         y, residuals, _ = self.walk_forward(params, None, x, key, (), Sweep())
@@ -80,7 +35,7 @@ class _Combinator(Layer):
         return self.walk_backward(params, residuals, dy, (), Sweep())
 
 
-def _child_key(key: PRNGKey | None, step: int) -> PRNGKey | None:
+def _child_key(key, step: int):
     return None if key is None else jax.random.fold_in(key, step)
 
 
@@ -89,11 +44,13 @@ def _child_key(key: PRNGKey | None, step: int) -> PRNGKey | None:
 
 
 @dataclasses.dataclass(frozen=True)
-class Serial(_Combinator):
+class Serial(CombinatorBase):
     """Layers in sequence; params: a tuple, one entry per layer. backward: the reverse sweep,
     dy_{i} = backward_i(dy_{i+1}). Residuals: a tuple, one per layer. Layer i is at path (i,)."""
 
     layers: tuple
+    params_disjoint = True  # layer i reads params[i]
+    examples_independent = True  # a chain of layers mixes examples only where a layer does
 
     def __repr__(self):
         return f"serial({', '.join(map(repr, self.layers))})"
@@ -107,7 +64,7 @@ class Serial(_Combinator):
     def init(self, key, input_shape):
         shape, params = tuple(input_shape), []
         for i, (layer, k) in enumerate(zip(self.layers, jax.random.split(key, len(self.layers)))):
-            with _Blame((i,), layer):
+            with blame((i,), layer):
                 shape, p = layer.init(k, shape)
             params.append(p)
         return shape, tuple(params)
@@ -138,7 +95,7 @@ class Serial(_Combinator):
 
 def serial(*layers: Any) -> Serial:
     """Compose layers in sequence; params is the tuple of each layer's params, in order."""
-    _check_layers("serial", layers)
+    check_layers("serial", layers)
     return Serial(tuple(layers))
 
 
@@ -147,16 +104,18 @@ def serial(*layers: Any) -> Serial:
 
 
 @dataclasses.dataclass(frozen=True)
-class Residual(_Combinator):
+class Residual(CombinatorBase):
     """Skip connection y = x + body(x); dx = dy + body.backward(dy) (the fan-out of x adds).
 
     params, state and residuals: the body's; the body sits at the Residual's own path.
     """
 
     body: Any
+    params_disjoint = True  # the body reads the Residual's params as they are
+    examples_independent = True  # x + body(x), row by row
 
     def __post_init__(self):
-        _check_layers("Residual", (self.body,))
+        check_layers("Residual", (self.body,))
 
     def sublayers(self):
         return (((), self.body),)
@@ -179,7 +138,7 @@ class Residual(_Combinator):
     def walk_forward(self, params, state, x, key, path, sweep):
         y, residuals, state = sweep_forward(self.body, params, state, x, key, path, sweep)
         if y.shape != x.shape:
-            where = f"layer {_path_str(path)} " if path else ""
+            where = f"layer {path_str(path)} " if path else ""
             raise ValueError(
                 f"{where}Residual: body maps {tuple(x.shape)} to {tuple(y.shape)}; "
                 "y = x + body(x) needs equal shapes"
@@ -196,7 +155,7 @@ class Residual(_Combinator):
 
 
 @dataclasses.dataclass(frozen=True, init=False)
-class Parallel(_Combinator):
+class Parallel(CombinatorBase):
     """Branches on the same x, merged: "sum" y = sum_k f_k(x), each branch gets dy;
     "concat" y = [f_1(x), ..., f_K(x)] on the last axis, branch k gets its slice of dy.
     dx = sum_k dx_k (x fans out). params and state: tuples, branch k at path (k,).
@@ -204,11 +163,13 @@ class Parallel(_Combinator):
 
     branches: tuple
     merge: str = "sum"
+    params_disjoint = True  # branch k reads params[k]
+    examples_independent = True  # branches merged row by row
 
     def __init__(self, *branches: Any, merge: str = "sum"):
         object.__setattr__(self, "branches", tuple(branches))
         object.__setattr__(self, "merge", merge)
-        _check_layers("Parallel", self.branches)
+        check_layers("Parallel", self.branches)
         self.__post_init__()
 
     def __post_init__(self):
@@ -231,7 +192,7 @@ class Parallel(_Combinator):
         for k, (branch, bk) in enumerate(
             zip(self.branches, jax.random.split(key, len(self.branches)))
         ):
-            with _Blame((k,), branch):
+            with blame((k,), branch):
                 shape, p = branch.init(bk, tuple(input_shape))
             shapes.append(tuple(shape))
             params.append(p)
@@ -279,7 +240,7 @@ class Parallel(_Combinator):
         same = shapes if self.merge == "sum" else [s[:-1] for s in shapes]
         if any(s != same[0] for s in same):
             need = "equal shapes" if self.merge == "sum" else "equal shapes but for the last axis"
-            where = f"layer {_path_str(path)} " if path else ""
+            where = f"layer {path_str(path)} " if path else ""
             raise ValueError(
                 f"{where}Parallel(merge={self.merge!r}) needs {need}; branches give "
                 f"{', '.join(map(str, shapes))}"
@@ -293,32 +254,6 @@ class Parallel(_Combinator):
 # Checks and error messages
 
 
-def _path_str(path: Path) -> str:
-    return "".join(f"[{i}]" for i in path) or "[]"
-
-
-class _Blame:
-    """Prefix a ValueError/TypeError raised inside a layer with its path: 'layer [3][0] Dense(...)'.
-
-    An error already prefixed by a deeper level keeps its own, longer path; a layer's own
-    message, which starts with its repr, is not repeated; the model itself (path ()) adds nothing.
-    """
-
-    def __init__(self, path: Path, layer: Any):
-        self.path, self.name = path, repr(layer)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, error, tb):
-        message = str(error)
-        if kind in (ValueError, TypeError) and self.path and not message.startswith("layer ["):
-            own = message.startswith(self.name)
-            prefix = f"layer {_path_str(self.path)} " + ("" if own else f"{self.name}: ")
-            raise kind(prefix + message) from error
-        return False
-
-
 def _check_params(model: Any, params: Any, n: int, path: Path = (), what: str = "params") -> None:
     if not isinstance(params, (tuple, list)) or len(params) != n:
         got = (
@@ -327,11 +262,11 @@ def _check_params(model: Any, params: Any, n: int, path: Path = (), what: str = 
             else type(params).__name__
         )
         kind = "serial" if isinstance(model, Serial) else type(model).__name__
-        where = f"layer {_path_str(path)} " if path else ""
+        where = f"layer {path_str(path)} " if path else ""
         raise ValueError(f"{where}{kind} of {n} layers needs a tuple of {n} {what}, got {got}")
 
 
-def _check_layers(name: str, layers: tuple) -> None:
+def check_layers(name: str, layers: tuple) -> None:
     for i, layer in enumerate(layers):
         missing = [
             m for m in ("init", "forward", "backward") if not callable(getattr(layer, m, None))

@@ -10,7 +10,8 @@ import jax.numpy as jnp
 
 from jaxbp._matmul import weight_grad
 from jaxbp._types import Params, PRNGKey, Shape
-from jaxbp.layers._base import Layer, _check_input
+from jaxbp.layers._base import check_input, describe
+from jaxbp.protocols import Layer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,6 +24,7 @@ class Dense(Layer):
     """
 
     features: int
+    examples_independent = True  # row i of y reads row i of x
 
     def __post_init__(self):
         if not isinstance(self.features, int) or isinstance(self.features, bool):
@@ -74,6 +76,28 @@ class Dense(Layer):
         per_example = self.per_example_grads(params, x, dy)
         return jax.tree.map(lambda g: jnp.sum(jnp.square(g), 0), per_example)
 
+    def kfac_rows(self, x):
+        """K-FAC's rows a = [x, 1], one per example and position: (rows, in + 1)."""
+        flat = x.reshape(-1, x.shape[-1])
+        return jnp.concatenate([flat, jnp.ones((flat.shape[0], 1), flat.dtype)], axis=1)
+
+    # Optional rule for feedback alignment (jaxbp.feedback): B, fixed, in W's place in dx.
+    def feedback_shape(self, params):
+        """(in, out): the shape of the W that a feedback matrix B replaces."""
+        if not isinstance(params, dict) or getattr(params.get("W"), "ndim", None) != 2:
+            raise ValueError(
+                f"{self!r}: feedback alignment replaces W, but params hold no (in, out) W: "
+                f"got {describe(params)} (a Tied head reads its W from the table)"
+            )
+        return tuple(params["W"].shape)
+
+    def feedback_backward(self, params, x, dy, B):
+        """backward with dx = dy B^T in place of dy W^T; dW and db from dy as usual."""
+        if B.shape != params["W"].shape:
+            raise ValueError(f"feedback matrix has shape {B.shape}, W has {params['W'].shape}")
+        dparams, _ = self.backward(params, x, dy)
+        return dparams, dy @ B.T.astype(dy.dtype)
+
 
 def ghost_sq_norms(x, dy):
     """||sum_t x_t^T dy_t||^2 = sum_{t,s} (x_t.x_s)(dy_t.dy_s) for each example, from the
@@ -103,7 +127,7 @@ def _check_dense(layer: Dense, params, x) -> None:
             else type(params).__name__
         )
         raise ValueError(f"{layer!r}: params must be {{'W': (in, out), 'b': (out,)}}, got {got}")
-    _check_input(layer, x)
+    check_input(layer, x)
     if x.shape[-1] != shapes["W"][0]:
         raise ValueError(
             f"{layer!r}: expects inputs of shape (batch, ..., {shapes['W'][0]}), "

@@ -8,7 +8,8 @@ from numbers import Real
 import jax
 
 from jaxbp._types import Params, PRNGKey, Shape
-from jaxbp.layers._base import Layer, _check_input
+from jaxbp.layers._base import check_input
+from jaxbp.protocols import Layer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,6 +23,7 @@ class Dropout(Layer):
 
     rate: float
     train: bool = True
+    examples_independent = True  # each entry's mask is its own
 
     def __post_init__(self):
         if isinstance(self.rate, bool) or not isinstance(self.rate, Real):
@@ -33,7 +35,7 @@ class Dropout(Layer):
         return tuple(input_shape), ()
 
     def forward(self, params, x, *, key=None):
-        _check_input(self, x)
+        check_input(self, x)
         if self._identity:
             return x, ()
         if key is None:

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxbp._types import Array, Params, PRNGKey, Shape
-from jaxbp.layers._base import Layer
+from jaxbp.protocols import Layer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,6 +27,7 @@ class Embedding(Layer):
 
     num_embeddings: int
     features: int
+    examples_independent = True  # row i's vectors are looked up from row i's ids
 
     def __post_init__(self):
         for name in ("num_embeddings", "features"):

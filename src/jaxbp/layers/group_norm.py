@@ -5,14 +5,20 @@ and its per-example gradients are defined (BatchNorm's are not, in training)."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
-from numbers import Integral, Real
+from numbers import Integral
 
 import jax.numpy as jnp
 from jax import lax
 
 from jaxbp._types import Array, Params, PRNGKey, Shape
-from jaxbp.layers._base import check_input, describe
+from jaxbp.layers._base import check_input
+from jaxbp.layers._normalise import (
+    affine_params,
+    channels,
+    check_options,
+    check_vectors,
+    per_example_sum,
+)  # fmt: skip
 from jaxbp.protocols import Layer
 
 
@@ -24,11 +30,6 @@ def _grouped(a: Array, groups: int) -> Array:
 def _group_mean(a: Array) -> Array:
     """(batch, P, G, C/G) -> (batch, 1, G, 1): the mean over each example's group."""
     return jnp.mean(a, axis=(1, 3), keepdims=True)
-
-
-def _per_example_sum(a: Array) -> Array:
-    """(batch, *spatial, C) -> (batch, C): a sum over positions, example by example."""
-    return a.reshape(a.shape[0], -1, a.shape[-1]).sum(1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,23 +49,20 @@ class GroupNorm(Layer):
     examples_independent = True  # statistics over each example's own groups
 
     def __post_init__(self):
-        G, eps = self.num_groups, self.eps
+        G = self.num_groups
         if isinstance(G, bool) or not isinstance(G, Integral) or G < 1:
             raise ValueError(f"GroupNorm: num_groups must be a positive int, got {G!r}")
-        if isinstance(eps, bool) or not isinstance(eps, Real):
-            raise TypeError(f"GroupNorm: eps must be a number, got {eps!r}")
-        if not eps > 0:  # a constant group has variance 0
-            raise ValueError(f"GroupNorm: eps must be positive, got {eps}")
+        check_options(self, eps=self.eps)  # a constant group has variance 0: eps > 0
 
     def init(self, key: PRNGKey, input_shape: Shape) -> tuple[Shape, Params]:
         if len(input_shape) < 1:
             raise ValueError(f"{self!r}: input shape must be (..., C), got {tuple(input_shape)}")
-        C = self._channels(int(input_shape[-1]))
-        return tuple(input_shape), {"scale": jnp.ones((C,)), "bias": jnp.zeros((C,))}
+        return tuple(input_shape), affine_params(self._channels(channels(self, input_shape)))
 
     def forward(self, params, x, *, key=None):
         check_input(self, x)
-        self._check_params(params, self._channels(x.shape[-1]))
+        self._channels(x.shape[-1])
+        check_vectors(self, params, ("scale", "bias"), x)
         xg = _grouped(x, self.num_groups)
         # Subtracting one sample of the group first (exact: it cancels in x - mean) centres a
         # constant group to exactly 0 and keeps a large offset from eating float32 digits.
@@ -78,13 +76,13 @@ class GroupNorm(Layer):
         xhat, rstd = residuals
         g, xh = _grouped(dy * params["scale"], self.num_groups), _grouped(xhat, self.num_groups)
         dx = rstd[:, None, :, None] * (g - _group_mean(g) - xh * _group_mean(g * xh))
-        dparams = {"scale": _per_example_sum(dy * xhat).sum(0), "bias": _per_example_sum(dy).sum(0)}
+        dparams = {"scale": per_example_sum(dy * xhat).sum(0), "bias": per_example_sum(dy).sum(0)}
         return dparams, dx.reshape(dy.shape)
 
     def per_example_grads(self, params, residuals, dy):
         """Optional rule (jaxbp.quantities): dscale_i = sum dy_i xhat_i, dbias_i = sum dy_i
         (over example i's positions): (batch, C) each."""
-        return {"scale": _per_example_sum(dy * residuals[0]), "bias": _per_example_sum(dy)}
+        return {"scale": per_example_sum(dy * residuals[0]), "bias": per_example_sum(dy)}
 
     def _channels(self, C: int) -> int:
         if C % self.num_groups:
@@ -93,15 +91,3 @@ class GroupNorm(Layer):
                 "equal groups (C must be divisible by num_groups)"
             )
         return C
-
-    def _check_params(self, params: Params, C: int) -> None:
-        shapes = (
-            {k: getattr(v, "shape", None) for k, v in params.items()}
-            if isinstance(params, Mapping)
-            else {}
-        )
-        if shapes != {"scale": (C,), "bias": (C,)}:
-            raise ValueError(
-                f"{self!r}: params must be {{'scale': (C,), 'bias': (C,)}}, C = {C} the input's "
-                f"last axis; got {describe(params)}"
-            )

@@ -1,7 +1,7 @@
 """Pooling, channels last: MaxPool and AvgPool over windows of 1 to 3 spatial axes, GlobalAvgPool.
 
 A window is a kernel of ones that does not mix channels, so the padding arithmetic is Conv's
-(`_resolve_padding`, `_transpose_padding` in conv.py).
+(`resolve_padding`, `transpose_padding` in conv.py).
 """
 
 from __future__ import annotations
@@ -16,18 +16,19 @@ import numpy as np
 from jax import lax
 
 from jaxbp._types import Array, Params, PRNGKey, Shape
-from jaxbp.layers._base import Layer, _check_input
-from jaxbp.layers.conv import (
+from jaxbp.layers._base import check_input
+from jaxbp.layers._spatial import (
     Pairs,
-    _check_input_shape,
-    _check_spatial_input,
-    _int_tuple,
-    _out_size,
-    _padding_spec,
-    _resolve_padding,
-    _transpose_padding,
-    _window_tuple,
+    check_input_shape,
+    check_spatial_input,
+    int_tuple,
+    out_size,
+    padding_spec,
+    resolve_padding,
+    transpose_padding,
+    window_tuple,
 )  # fmt: skip
+from jaxbp.protocols import Layer
 
 
 def _window_view(a: Array, offset: tuple[int, ...], strides: Shape, out: Shape) -> Array:
@@ -52,13 +53,14 @@ class _WindowPool(Layer):
     window: tuple[int, ...]
     strides: int | tuple[int, ...] | None = None
     padding: str | Sequence[tuple[int, int]] = "VALID"
+    examples_independent = True  # windows over each example's own positions
 
     def __post_init__(self):
         owner = type(self).__name__
-        window = _window_tuple(owner, "window", self.window)
+        window = window_tuple(owner, "window", self.window)
         nd = len(window)
         strides = window if self.strides is None else self.strides
-        padding = _padding_spec(owner, self.padding, nd)
+        padding = padding_spec(owner, self.padding, nd)
         if padding not in ("SAME", "VALID") and any(
             v >= w for w, pair in zip(window, padding) for v in pair
         ):
@@ -67,22 +69,22 @@ class _WindowPool(Layer):
                 f"touch the input), got {self.padding!r}"
             )
         object.__setattr__(self, "window", window)  # normalised: hashable tuples
-        object.__setattr__(self, "strides", _int_tuple(owner, "strides", strides, nd))
+        object.__setattr__(self, "strides", int_tuple(owner, "strides", strides, nd))
         object.__setattr__(self, "padding", padding)
 
     def init(self, key: PRNGKey, input_shape: Shape) -> tuple[Shape, Params]:
-        spatial, channels = _check_input_shape(self, input_shape, len(self.window))
+        spatial, channels = check_input_shape(self, input_shape, len(self.window))
         return (*self._out(spatial), channels), ()
 
     def _pads(self, spatial: Shape) -> Pairs:
-        return _resolve_padding(self, self.padding, spatial, self.window, self.strides)
+        return resolve_padding(self, self.padding, spatial, self.window, self.strides)
 
     def _out(self, spatial: Shape) -> Shape:
-        return tuple(map(_out_size, spatial, self._pads(spatial), self.window, self.strides))
+        return tuple(map(out_size, spatial, self._pads(spatial), self.window, self.strides))
 
     def _reduce(self, x: Array, init: float, op) -> tuple[Array, Pairs]:
         """(op over every window of x padded with init, the padding used)."""
-        _check_spatial_input(self, x, len(self.window))
+        check_spatial_input(self, x, len(self.window))
         pads = self._pads(tuple(x.shape[1:-1]))
         dims, strides = (1, *self.window, 1), (1, *self.strides, 1)
         init = np.array(init, x.dtype)  # concrete, so jax knows the monoid (and differentiates)
@@ -103,8 +105,10 @@ class MaxPool(_WindowPool):
     with y afterwards: XLA may recompute x in another fusion, a rounding apart.
     """
 
+    selects = True  # equal entries in a window: ties decide where dy goes
+
     def forward(self, params, x, *, key=None):
-        _check_spatial_input(self, x, len(self.window))
+        check_spatial_input(self, x, len(self.window))
         pads = self._pads(tuple(x.shape[1:-1]))
         x_pad = jnp.pad(x, ((0, 0), *pads, (0, 0)), constant_values=-jnp.inf)
         out = self._out(tuple(x.shape[1:-1]))
@@ -155,7 +159,7 @@ class AvgPool(_WindowPool):
         pads = self._pads(spatial)
         g = dy / self._divisor(spatial, pads, dy.dtype)
         # g dilated by the strides and padded to invert the forward, then summed over windows.
-        inverse = map(_transpose_padding, spatial, pads, self.window, self.strides)
+        inverse = map(transpose_padding, spatial, pads, self.window, self.strides)
         config = [(lo, hi, s - 1) for (lo, hi), s in zip(inverse, self.strides)]
         g = lax.pad(g, jnp.zeros((), g.dtype), [(0, 0, 0), *config, (0, 0, 0)])
         dims, ones = (1, *self.window, 1), (1,) * g.ndim
@@ -181,6 +185,8 @@ class GlobalAvgPool(Layer):
     Residual: x's shape only, in a zero-size array (batch, *spatial, C, 0).
     """
 
+    examples_independent = True
+
     def init(self, key: PRNGKey, input_shape: Shape) -> tuple[Shape, Params]:
         if len(input_shape) < 2:
             raise ValueError(
@@ -190,7 +196,7 @@ class GlobalAvgPool(Layer):
         return (int(input_shape[-1]),), ()
 
     def forward(self, params, x, *, key=None):
-        _check_input(self, x, min_ndim=0)
+        check_input(self, x, min_ndim=0)
         if x.ndim < 3:
             raise ValueError(
                 f"{self!r}: expects inputs of shape (batch, *spatial, C) with at least one "

@@ -9,7 +9,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxbp._types import Params, PRNGKey, Shape
-from jaxbp.layers._base import Layer, _check_input, _describe
+from jaxbp.layers._base import check_input, describe
+from jaxbp.protocols import Layer
 
 INIT_STD = 0.02  # GPT-2's: small next to the N(0, 1) token rows, so tokens dominate at first
 
@@ -25,6 +26,7 @@ class PositionEmbedding(Layer):
 
     context: int
     features: int
+    examples_independent = True  # the same table added to every example
 
     def __post_init__(self):
         for name in ("context", "features"):
@@ -62,9 +64,9 @@ class PositionEmbedding(Layer):
             and getattr(params["table"], "shape", None) == want
         ):
             raise ValueError(
-                f"{self!r}: params must be {{'table': {want}}}, got {_describe(params)}"
+                f"{self!r}: params must be {{'table': {want}}}, got {describe(params)}"
             )
-        _check_input(self, x, min_ndim=0)  # an array, floating point
+        check_input(self, x, min_ndim=0)  # an array, floating point
         if x.ndim != 3 or x.shape[-1] != self.features:
             raise ValueError(
                 f"{self!r}: expects inputs of shape (batch, T, {self.features}), "

@@ -22,7 +22,8 @@ from jax import lax
 
 from jaxbp._matmul import weight_grad
 from jaxbp._types import Array, Params, PRNGKey, Shape
-from jaxbp.layers._base import Layer, _check_input, _describe
+from jaxbp.layers._base import check_input, describe
+from jaxbp.protocols import Layer
 
 
 def _time_major(*arrays: Array) -> tuple[Array, ...]:
@@ -49,6 +50,7 @@ class _Recurrent(Layer):
     """Shared by the cells: features, init, checks, and the batched parts of the backward."""
 
     features: int
+    examples_independent = True  # each sequence runs its own recurrence
     gates = 1  # k: W is (in, kF)
 
     def __post_init__(self):
@@ -88,9 +90,9 @@ class _Recurrent(Layer):
         ):
             raise ValueError(
                 f"{self!r}: params must be {{'W': (in, {k * F}), 'U': ({F}, {k * F}), "
-                f"'b': ({k * F},)}}, got {_describe(params)}"
+                f"'b': ({k * F},)}}, got {describe(params)}"
             )
-        _check_input(self, x, min_ndim=0)  # an array, floating point
+        check_input(self, x, min_ndim=0)  # an array, floating point
         if x.ndim != 3 or x.shape[-1] != W[0]:
             raise ValueError(
                 f"{self!r}: expects inputs of shape (batch, T, {W[0]}), got {tuple(x.shape)}"

@@ -7,18 +7,21 @@ import math
 
 import jax.numpy as jnp
 
-from jaxbp.layers._base import Layer, _check_input
+from jaxbp.layers._base import check_input
+from jaxbp.protocols import Layer
 
 
 @dataclasses.dataclass(frozen=True)
 class Flatten(Layer):
     """Flatten: (batch, *shape) -> (batch, prod(shape)); dx = dy reshaped back."""
 
+    examples_independent = True
+
     def init(self, key, input_shape):
         return (math.prod(input_shape),), ()
 
     def forward(self, params, x, *, key=None):
-        _check_input(self, x)
+        check_input(self, x)
         # A zero-size array carries x's shape through jit and vmap at no cost.
         return x.reshape(x.shape[0], -1), jnp.zeros((*x.shape, 0), x.dtype)
 

@@ -8,17 +8,18 @@ from collections.abc import Mapping
 from typing import Any
 
 from jaxbp._types import Params, PRNGKey, Shape
-from jaxbp.layers._base import _describe
-from jaxbp.layers.combinators import _check_layers, _Combinator, sweep_backward, sweep_forward
+from jaxbp.layers._base import describe
+from jaxbp.layers.combinators import CombinatorBase, check_layers
 from jaxbp.layers.dense import Dense
 from jaxbp.layers.embedding import Embedding
-from jaxbp.layers.protocol import Path, init_state, leaves, path_str
+from jaxbp.protocols import init_state
+from jaxbp.walk import Path, as_path, leaves, path_str, sweep_backward, sweep_forward
 
 __all__ = ["Tied"]
 
 
 @dataclasses.dataclass(frozen=True)
-class Tied(_Combinator):
+class Tied(CombinatorBase):
     """Weight tying (Press & Wolf, 2017): the Dense head at path `target` reads W = table^T, the
     table of the Embedding at path `source` (paths inside body), so one (vocab, C) matrix serves
     as both the input and the output embedding.
@@ -34,11 +35,13 @@ class Tied(_Combinator):
     body: Any
     source: Path
     target: Path
+    params_disjoint = False  # the head's W is the table: two leaves read one matrix
+    examples_independent = True  # a shared matrix, no shared rows
 
     def __post_init__(self):
-        _check_layers("Tied", (self.body,))
+        check_layers("Tied", (self.body,))
         for name in ("source", "target"):
-            object.__setattr__(self, name, _as_path(name, getattr(self, name)))
+            object.__setattr__(self, name, as_path(getattr(self, name), f"Tied: {name}"))
         found = dict(leaves(self.body))
         for name, kind, a in (("source", Embedding, "an"), ("target", Dense, "a")):
             path = getattr(self, name)
@@ -100,24 +103,14 @@ class Tied(_Combinator):
         if getattr(table, "ndim", None) != 2:
             raise ValueError(
                 f"{where}Tied: params at {source} must be {{'table': (vocab, C)}}, "
-                f"got {_describe(embedding)}"
+                f"got {describe(embedding)}"
             )
         if not isinstance(head, Mapping) or set(head) != {"b"}:
             raise ValueError(
                 f"{where}Tied: params at {target} must be {{'b': (vocab,)}} alone, the head's W "
-                f"being the table at {source} transposed; got {_describe(head)}"
+                f"being the table at {source} transposed; got {describe(head)}"
             )
         return _put(params, self.target, {**head, "W": table.T})
-
-
-def _as_path(name: str, path: Any) -> Path:
-    """An int i stands for the top-level path (i,)."""
-    path = (path,) if isinstance(path, int) and not isinstance(path, bool) else path
-    if not isinstance(path, tuple) or not all(
-        isinstance(i, int) and not isinstance(i, bool) for i in path
-    ):
-        raise TypeError(f"Tied: {name} must be a path, a tuple of ints, got {path!r}")
-    return path
 
 
 def _at(tree: Any, path: Path, tied: Path = ()) -> Any:
@@ -128,7 +121,7 @@ def _at(tree: Any, path: Path, tied: Path = ()) -> Any:
             where = f"layer {path_str(tied)} " if tied else ""
             raise ValueError(
                 f"{where}Tied: params have no entry at {path_str(tied + path[: depth + 1])}; "
-                f"got {_describe(tree)} at {path_str(tied + path[:depth])}"
+                f"got {describe(tree)} at {path_str(tied + path[:depth])}"
             )
         tree = tree[step]
     return tree

@@ -13,10 +13,12 @@ own (second derivatives of the layers), so it is positive semi-definite where th
   backward rule linear in its cotangent, diag G = sum_j sum_i (J_i^T s_j)^2: one backward sweep
   per column, each leaf splitting its gradient per example by its own rule. diag_ggn_mc draws the
   columns (`loss.hessian_sqrt_sample`), an unbiased estimate at `samples` sweeps.
-- kfac_factors: per Dense and Conv layer, G's block for [W; b] approximated as A (x) G.
+- kfac_factors: per layer with a K-FAC rule (Dense, Conv), G's block for [W; b] approximated as
+  A (x) G.
 
-The diagonal quantities and K-FAC need per-example gradients, so BatchNorm in training mode (which
-couples the examples) raises, naming its path; hvp and ggn_vp are exact for it too.
+The diagonal quantities and K-FAC need per-example terms, so every layer must declare its
+examples independent; BatchNorm in training mode (which couples them) raises, naming its path.
+hvp and ggn_vp are exact for it too.
 """
 
 from __future__ import annotations
@@ -28,11 +30,7 @@ import jax.numpy as jnp
 
 from jaxbp._types import Array, Params, PRNGKey
 from jaxbp.backprop import backprop
-from jaxbp.layers.combinators import Parallel, Residual, Serial
-from jaxbp.layers.conv import Conv, _out_size
-from jaxbp.layers.dense import Dense
-from jaxbp.layers.norm import BatchNorm
-from jaxbp.layers.protocol import State, forward_state, is_combinator, leaves, path_str
+from jaxbp.protocols import State, forward_state
 from jaxbp.quantities._columns import columns, sum_over_columns
 from jaxbp.quantities._leaves import (
     assemble,
@@ -41,9 +39,10 @@ from jaxbp.quantities._leaves import (
     has_params,
     leaf_per_example_grads,
     leaf_sum_grad_squared,
+    owns_params,
     record,
 )  # fmt: skip
-from jaxbp.signals import ByPath
+from jaxbp.walk import ByPath, path_str
 
 __all__ = ["hvp", "ggn_vp", "diag_ggn", "diag_ggn_mc", "kfac_factors"]
 
@@ -103,30 +102,23 @@ def ggn_vp(
     return model.backward(params, residuals, hjv)[0]
 
 
-def _disjoint(model: Any) -> bool:
-    """True when every combinator only places its children's params (none shared, as Tied's)."""
-    if not is_combinator(model):
-        return True
-    return type(model) in (Serial, Residual, Parallel) and all(
-        _disjoint(child) for _, child in model.sublayers()
-    )
-
-
 def _diagonal(
     what: str, model: Any, loss: Any, params: Params, x: Array, y: Array,
     key: PRNGKey | None, state: State, samples: int | None,
 ) -> Params:  # fmt: skip
     """sum_j sum_i (J_i^T s_j)^2 over the columns s_j, in a tree like params. Leaves owning
     disjoint params square their own per-example gradients (Dense: (x^2)^T d^2, none kept);
-    shared params (Tied) square each example's assembled gradient."""
-    check_supported(model, params, f"{what}'s per-example terms")  # before any work
+    shared params (Tied, or any combinator that does not declare params_disjoint) square each
+    example's assembled gradient."""
+    check_supported(model, f"{what}'s per-example terms")  # before any work
     rec = record(model, loss, params, x, y, key=key, state=state)
     sample_key = None if samples is None else jax.random.split(key)[1]  # apart from the model's
     n, column = columns(loss, rec.y_pred, y, sample_key, samples, what)
-    disjoint = _disjoint(model)
+    disjoint = owns_params(model, params, rec)
 
     def one_column(j):
-        deltas = deltas_for(model, params, rec, column(j))
+        s = column(j)
+        deltas = deltas_for(model, params, rec, s)
         rule = leaf_sum_grad_squared if disjoint else leaf_per_example_grads
         values = ByPath(
             (p, rule(p, rec.layers[p], rec.params[p], rec.inputs[p], deltas[p], rec.residuals[p]))
@@ -134,8 +126,8 @@ def _diagonal(
             if has_params(rec.params[p])
         )
         if disjoint:
-            return assemble(model, params, rec, values, batched=False)
-        per_example = assemble(model, params, rec, values, batched=True)
+            return assemble(model, params, rec, values, s, batched=False)
+        per_example = assemble(model, params, rec, values, s, batched=True)
         return jax.tree.map(lambda g: jnp.sum(g * g, axis=0), per_example)
 
     # One column per sweep: vmapped over the columns, a Conv's per-example products (one small
@@ -169,25 +161,40 @@ def diag_ggn_mc(
 def kfac_factors(
     model: Any, loss: Any, params: Params, x: Array, y: Array, *,
     key: PRNGKey | None = None, state: State = None, samples: int | None = None,
+    unsupported: str = "raise",
 ) -> ByPath:  # fmt: skip
-    """K-FAC factors of every Dense and Conv layer (groups=1), by path: {"A": A, "G": G}.
+    """K-FAC factors of every layer with a K-FAC rule (Dense; Conv with groups=1), by path:
+    {"A": A, "G": G}.
 
-    a = [x, 1]: the layer's input row (a Conv's patch, ordered as W.reshape(-1, features)) with a
-    one appended for the bias; A = mean over examples and positions of a a^T: (in + 1, in + 1).
-    G = sum over examples, positions and loss-Hessian columns s_j of d_j d_j^T, d_j the delta
-    at the layer's output under s_j (it carries C's 1/m): (features, features).
-    The GGN block of theta = [W.reshape(-1, features); b] (row-major) is ~ kron(A, G), exactly
-    for one example at one position. samples=n draws n Monte Carlo columns (key needed) instead
-    of the exact P k. Other layers with params get no factors."""
+    a = layer.kfac_rows(x): the layer's input rows (a Conv's patches, ordered as
+    W.reshape(-1, features)) with a one appended for the bias; A = mean over examples and
+    positions of a a^T: (in + 1, in + 1). G = sum over examples, positions and loss-Hessian
+    columns s_j of d_j d_j^T, d_j the delta at the layer's output under s_j (it carries C's
+    1/m): (features, features). The GGN block of theta = [W.reshape(-1, features); b]
+    (row-major) is ~ kron(A, G), exactly for one example at one position. samples=n draws n
+    Monte Carlo columns (key needed) instead of the exact P k.
+
+    A layer with params and no kfac_rows raises NotImplementedError naming its path, unless
+    unsupported="skip" leaves such layers out (their blocks are then not approximated at all).
+    """
     if samples is not None and key is None:
         raise ValueError("kfac_factors: samples=... draws Monte Carlo columns and needs a key")
-    _refuse_batchnorm_in_training(model)  # before any work
+    if unsupported not in ("raise", "skip"):
+        raise ValueError(
+            f"kfac_factors: unsupported must be 'raise' or 'skip', got {unsupported!r}"
+        )
+    check_supported(model, "K-FAC factors")  # before any work
     rec = record(model, loss, params, x, y, key=key, state=state)
-    rows = {
-        path: _input_rows(path, layer, rec.inputs[path])
-        for path, layer in rec.layers.items()
-        if isinstance(layer, (Dense, Conv))
-    }
+    rows = {}
+    for path, layer in rec.layers.items():
+        if callable(getattr(layer, "kfac_rows", None)):
+            with _named(path, layer):
+                rows[path] = layer.kfac_rows(rec.inputs[path])
+        elif has_params(rec.params[path]) and unsupported == "raise":
+            raise NotImplementedError(
+                f"kfac_factors: layer {path_str(path)} {layer!r} has params but no K-FAC rule "
+                "(kfac_rows); pass unsupported='skip' to leave such layers out"
+            )
     sample_key = None if samples is None else jax.random.split(key)[1]
     n, column = columns(loss, rec.y_pred, y, sample_key, samples, "kfac_factors")
 
@@ -202,39 +209,22 @@ def kfac_factors(
     )
 
 
-def _refuse_batchnorm_in_training(model: Any) -> None:
-    for path, layer in leaves(model):
-        if isinstance(layer, BatchNorm) and layer.train:
-            raise NotImplementedError(
-                f"kfac_factors: layer {path_str(path)} {layer!r}: in training, BatchNorm's batch "
-                "statistics couple the examples, so the factors' per-example terms are undefined; "
-                "use eval_mode(model) with its state"
-            )
+class _named:  # noqa: N801 (a context manager, named as the statement reads)
+    """A layer's NotImplementedError prefixed with 'kfac_factors: layer [path]'."""
+
+    def __init__(self, path, layer):
+        self.path = path
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, tb):
+        if kind is NotImplementedError:
+            raise NotImplementedError(f"kfac_factors: layer {path_str(self.path)} {error}")
+        return False
 
 
 def _second_moment(rows: Array, scale: float) -> Array:
     """scale * sum over every leading axis of r r^T, for r the last axis: (n,) -> (n, n)."""
     flat = rows.reshape(-1, rows.shape[-1])
     return scale * (flat.T @ flat)
-
-
-def _input_rows(path: tuple, layer: Any, x: Array) -> Array:
-    """a = [x, 1] per example and position, (rows, in + 1); a Conv's x is its patches first."""
-    if isinstance(layer, Conv):
-        if layer.groups != 1:
-            raise NotImplementedError(
-                f"kfac_factors: layer {path_str(path)} {layer!r} has groups={layer.groups}; "
-                "its factors would be one pair per group, not implemented (groups=1 only)"
-            )
-        x = _patches(layer, x)
-    flat = x.reshape(-1, x.shape[-1])
-    return jnp.concatenate([flat, jnp.ones((flat.shape[0], 1), flat.dtype)], axis=1)
-
-
-def _patches(layer: Conv, x: Array) -> Array:
-    """The input window each output position reads: (batch, *spatial', k_1...k_n in), ordered as
-    W.reshape(-1, features) (kernel offsets, then input channels), so y = patches @ W + b."""
-    spatial = x.shape[1:-1]
-    pairs = layer._padding(spatial)
-    out = tuple(map(_out_size, spatial, pairs, layer._spans, layer.strides))
-    return layer._windows(x).reshape(x.shape[0], *out, -1)  # (batch, P, O, in) unflattened

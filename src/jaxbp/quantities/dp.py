@@ -13,7 +13,9 @@ is kept and no second sweep runs: under jit XLA drops the unclipped dW, which no
 the step does backprop's matrix products plus the norms and the noise.
 
 A parameter that two layers read (`Tied`) gets the sum of two per-example gradients, whose norm
-the leaves' norms cannot give; such a model pays for exact per-example gradients of every leaf.
+the leaves' norms cannot give; such a model (any whose combinators do not all declare
+params_disjoint, checked by `_leaves.owns_params`) pays for exact per-example gradients of
+every leaf, assembled into the params tree.
 """
 
 from __future__ import annotations
@@ -28,10 +30,10 @@ import jax.numpy as jnp
 
 from jaxbp import _threefry, privacy
 from jaxbp._types import Array, Grads, Params, PRNGKey
-from jaxbp.layers.protocol import State
+from jaxbp.protocols import State
 from jaxbp.quantities import _leaves
-from jaxbp.quantities._leaves import Recording, assemble, has_params, record
-from jaxbp.signals import ByPath
+from jaxbp.quantities._leaves import assemble, check_supported, has_params, owns_params, record
+from jaxbp.walk import ByPath, Trace
 
 __all__ = ["DPSGD", "dp_sgd", "clip_factors", "per_example_norms_of", "clipped_sum"]
 
@@ -81,6 +83,7 @@ class DPSGD:
         if key is None and self.noise_multiplier > 0:
             raise ValueError(f"{self!r} adds Gaussian noise: pass key= (fit passes one per step)")
         forward_key, noise_key = (None, None) if key is None else jax.random.split(key)
+        check_supported(model, "clipped per-example gradients")  # before any work
         rec = record(model, loss, params, x, y, key=forward_key, state=state)
         w = _weights(weights, rec.batch, rec.dy_pred.dtype)
         norms = per_example_norms_of(model, params, rec)
@@ -137,17 +140,17 @@ def dp_sgd(
 # The three pieces: norms from the kept deltas, clip factors, one weighted backward per leaf
 
 
-def per_example_norms_of(model: Any, params: Params, rec: Recording) -> Array:
+def per_example_norms_of(model: Any, params: Params, rec: Trace) -> Array:
     """||grad L_i|| over all params, (batch,), from the recording: sqrt of the sum of the leaves'
     squared norms, times m (the deltas carry C's 1/m); exact per-example gradients assembled
     into the params tree when a parameter is shared by two leaves (their norms do not add)."""
     paths = _param_leaves(rec)
-    if _shares_params(params, rec, paths):
-        grads = ByPath((p, _leaves.leaf_per_example_grads(*_leaf(rec, p))) for p in paths)
-        tree = assemble(model, params, rec, grads, batched=True)
-        sq = sum(jnp.sum(jnp.square(g.reshape(g.shape[0], -1)), 1) for g in jax.tree.leaves(tree))
-    else:
+    if owns_params(model, params, rec):
         sq = sum(_leaves.leaf_sq_norms(*_leaf(rec, p)) for p in paths)
+    else:
+        grads = ByPath((p, _leaves.leaf_per_example_grads(*_leaf(rec, p))) for p in paths)
+        tree = assemble(model, params, rec, grads, rec.dy_pred, batched=True)
+        sq = _leaves.sq_norms_per_example(tree)
     return rec.batch * jnp.sqrt(sq)
 
 
@@ -156,7 +159,7 @@ def clip_factors(norms: Array, clip_norm: float) -> Array:
     return clip_norm / jnp.maximum(norms, clip_norm)
 
 
-def clipped_sum(model: Any, params: Params, rec: Recording, w: Array) -> Grads:
+def clipped_sum(model: Any, params: Params, rec: Trace, w: Array) -> Grads:
     """sum_i w_i grad L_i, params-shaped: each leaf's backward on its delta re-weighted by m w_i
     (m undoes C's 1/m), placed in the params tree by the model's own walk."""
     scale, values = rec.batch * w, ByPath()
@@ -165,27 +168,22 @@ def clipped_sum(model: Any, params: Params, rec: Recording, w: Array) -> Grads:
         values[p] = _leaves.leaf_weighted_grad(
             p, layer, leaf_params, residuals, rec.deltas[p], scale
         )
-    return assemble(model, params, rec, values, batched=False)
+    weighted = rec.dy_pred * scale.reshape(-1, *(1,) * (rec.dy_pred.ndim - 1))
+    return assemble(model, params, rec, values, weighted, batched=False)
 
 
 # ---------------------------------------------------------------------------------------------
 # Helpers
 
 
-def _param_leaves(rec: Recording) -> list:
+def _param_leaves(rec: Trace) -> list:
     return [p for p in rec.layers if has_params(rec.params[p])]
 
 
-def _leaf(rec: Recording, path) -> tuple:
+def _leaf(rec: Trace, path) -> tuple:
     """(path, layer, params, input, delta, residuals): a leaf's arguments to _leaves' rules."""
     at = (rec.layers, rec.params, rec.inputs, rec.deltas, rec.residuals)
     return (path, *(by_path[path] for by_path in at))
-
-
-def _shares_params(params: Params, rec: Recording, paths) -> bool:
-    """True when the leaves read more parameters than the params tree holds (weight tying)."""
-    read = sum(a.size for p in paths for a in jax.tree.leaves(rec.params[p]))
-    return read > sum(a.size for a in jax.tree.leaves(params))
 
 
 def _gaussian_like(key: PRNGKey | None, tree: Grads, std: float) -> Grads:

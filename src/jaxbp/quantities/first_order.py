@@ -5,9 +5,10 @@ grad C = mean_i g_i. One recording sweep (`_leaves.record`) gives every leaf lay
 and its delta dC/d(output), which carries 1/m; each leaf's per-example rule turns them into
 its share of g_i / m, and the model's own backward walk places the shares in the params tree.
 Norms and sums of squares are taken per leaf without keeping g_i where the layer allows (Dense:
-||x_i||^2 ||dy_i||^2; sequences and convolutions: ghost norms), which is exact when leaves own
-disjoint params (Serial, Residual, Parallel); a combinator that shares a matrix between leaves
-(Tied) makes them come from the assembled g_i instead.
+||x_i||^2 ||dy_i||^2; sequences and convolutions: ghost norms), which is exact when each leaf
+owns its params (every combinator declares params_disjoint, checked: `_leaves.owns_params`);
+a combinator that shares a matrix between leaves (Tied), or any that does not declare, makes
+them come from the assembled g_i instead.
 """
 
 from __future__ import annotations
@@ -18,34 +19,24 @@ import jax
 import jax.numpy as jnp
 
 from jaxbp._types import Array, Grads, Params, PRNGKey
-from jaxbp.layers.combinators import Parallel, Residual, Serial
-from jaxbp.layers.protocol import State, is_combinator
+from jaxbp.protocols import State
 from jaxbp.quantities._leaves import (
-    Recording,
     assemble,
     check_supported,
     has_params,
     leaf_per_example_grads,
     leaf_sq_norms,
     leaf_sum_grad_squared,
+    owns_params,
     record,
     sq_norms_per_example,
 )  # fmt: skip
-from jaxbp.signals import ByPath, params_at
+from jaxbp.walk import ByPath, Trace, params_at
 
 __all__ = ["per_example_grads", "per_example_norms", "grad_variance", "sum_grad_squared"]
 
 
-def _disjoint(model: Any) -> bool:
-    """True when every combinator only places its children's params (no sharing, no mixing)."""
-    if not is_combinator(model):
-        return True
-    return type(model) in (Serial, Residual, Parallel) and all(
-        _disjoint(child) for _, child in model.sublayers()
-    )
-
-
-def _per_leaf(recording: Recording, rule) -> ByPath:
+def _per_leaf(recording: Trace, rule) -> ByPath:
     """rule(path, layer, params, x_in, delta, residuals) for every leaf with params, by path."""
     r = recording
     return ByPath(
@@ -59,10 +50,11 @@ def _scaled(tree: Any, factor: float) -> Any:
     return jax.tree.map(lambda a: a * factor, tree)
 
 
-def _grads_of(model: Any, params: Params, recording: Recording) -> Grads:
+def _grads_of(model: Any, params: Params, recording: Trace) -> Grads:
     """g_i for every example, params' structure, each leaf (batch, *param.shape)."""
     shares = _per_leaf(recording, leaf_per_example_grads)
-    return _scaled(assemble(model, params, recording, shares, batched=True), recording.batch)
+    tree = assemble(model, params, recording, shares, recording.dy_pred, batched=True)
+    return _scaled(tree, recording.batch)
 
 
 def per_example_grads(
@@ -75,7 +67,7 @@ def per_example_grads(
     A layer without a per-example rule, or BatchNorm in training (its statistics couple the
     examples), raises NotImplementedError naming its path.
     """
-    check_supported(model, params, "per-example gradients")
+    check_supported(model, "per-example gradients")
     recording = record(model, loss, params, x, y, key=key, state=state)
     return _grads_of(model, params, recording)
 
@@ -87,23 +79,25 @@ def per_example_norms(
     """||g_i|| over all params: (batch,), computed per leaf layer without materialising g_i
     where the layer allows (Dense: ||x_i|| ||dy_i||; ghost norms for sequences and convolutions,
     whichever is cheaper). per_leaf=True: a ByPath {leaf layer path: (batch,) norm of g_i over
-    that layer's params}, layers without params left out; their squares sum to the total's.
+    the params at that path}, layers without params left out; where each leaf owns its params
+    (as in every built-in but Tied) their squares sum to the total's.
     """
-    check_supported(model, params, "per-example gradient norms")
+    check_supported(model, "per-example gradient norms")
     recording = record(model, loss, params, x, y, key=key, state=state)
     m = recording.batch
-    if _disjoint(model):
+    if owns_params(model, params, recording):
         squares = ByPath((p, m * m * s) for p, s in _per_leaf(recording, leaf_sq_norms).items())
-    else:
+        total = sum(squares.values(), jnp.zeros((m,), recording.dy_pred.dtype))
+    else:  # shared or transformed params: norms of the assembled g_i, over the whole tree
         g = _grads_of(model, params, recording)
         squares = ByPath(
             (p, sq_norms_per_example(params_at(g, p)))
             for p in recording.layers
             if has_params(params_at(params, p))
         )
+        total = sq_norms_per_example(g)
     if per_leaf:
         return ByPath((p, jnp.sqrt(s)) for p, s in squares.items())
-    total = sum(squares.values(), jnp.zeros((m,), recording.dy_pred.dtype))
     return jnp.sqrt(total)
 
 
@@ -113,14 +107,16 @@ def sum_grad_squared(
 ) -> Grads:  # fmt: skip
     """sum_i g_i^2, elementwise, params' structure (BackPACK's SumGradSquared); Dense on one
     position keeps no g_i: m^2 (x^2)^T (dy^2)."""
-    check_supported(model, params, "sums of squared per-example gradients")
+    check_supported(model, "sums of squared per-example gradients")
     recording = record(model, loss, params, x, y, key=key, state=state)
     m = recording.batch
-    if not _disjoint(model):
+    if not owns_params(model, params, recording):
         g = _grads_of(model, params, recording)
         return jax.tree.map(lambda a: jnp.sum(jnp.square(a), 0), g)
     shares = _per_leaf(recording, leaf_sum_grad_squared)
-    return _scaled(assemble(model, params, recording, shares, batched=False), m * m)
+    return _scaled(
+        assemble(model, params, recording, shares, recording.dy_pred, batched=False), m * m
+    )
 
 
 def _variance(g: Array) -> Array:
@@ -136,13 +132,13 @@ def grad_variance(
     grad C = mean_i g_i), as BackPACK takes it: sum_i g_i^2 / m - (grad C)^2, so Dense keeps no
     g_i; clamped at 0. In float32 its error is ~eps E[g^2] / variance relative: small while the
     examples disagree more than they agree (per-example gradients: they do)."""
-    check_supported(model, params, "the gradient's variance")
+    check_supported(model, "the gradient's variance")
     recording = record(model, loss, params, x, y, key=key, state=state)
-    if not _disjoint(model):
+    if not owns_params(model, params, recording):
         return jax.tree.map(_variance, _grads_of(model, params, recording))
     m = recording.batch
     shares = _per_leaf(recording, leaf_sum_grad_squared)
-    squares = assemble(model, params, recording, shares, batched=False)
+    squares = assemble(model, params, recording, shares, recording.dy_pred, batched=False)
     return jax.tree.map(
         lambda s, g: jnp.maximum(s * m - jnp.square(g), 0), squares, recording.grads
     )
