@@ -30,6 +30,7 @@ LAYERS = [(L.activation(name), (5,)) for name in L.ACTIVATIONS] + [
     (L.mlp([4, 3, 2], "relu", "softmax"), (3,)),
     (L.mlp([4, 3, 3], "sigmoid", "log_softmax"), (3,)),
     (L.LayerNorm(), (3, 4)), (L.RMSNorm(), (5,)), (L.BatchNorm(), (2, 4)), (L.Dropout(0.3), (5,)),
+    (L.GroupNorm(2), (3, 4)),
     (L.Dense(3), (2, 4)),
     (L.serial(L.Dense(4), L.Residual(L.serial(L.LayerNorm(), L.Dense(4), L.Gelu())),
               L.Parallel(L.Dense(2), L.serial(L.Dense(3), L.Tanh()), merge="concat")), (3,)),
@@ -220,7 +221,7 @@ def test_the_readme_states_this_sweep():
 def test_cli_checks_every_builtin(capsys):
     assert main(["check"]) == 0
     out = capsys.readouterr().out
-    assert "38 checks, all passed (float64, seed 0)" in out  # the number the README states
+    assert "39 checks, all passed (float64, seed 0)" in out  # the number the README states
     for name in ("Sigmoid", "LogSoftmax", "Dense(features=3)", "softmax_cross_entropy", "backprop"):
         assert name in out
 
@@ -229,7 +230,7 @@ def test_cli_json_to_stdout(capsys):
     assert main(["check", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["ok"] is True and data["dtype"] == "float64" and data["seed"] == 0
-    assert len(data["reports"]) == 38 and all(r["ok"] for r in data["reports"])
+    assert len(data["reports"]) == 39 and all(r["ok"] for r in data["reports"])
     assert data["reports"][0]["rows"][0]["name"] == "x"
 
 

@@ -92,7 +92,7 @@ def _builtin_checks(batch_size: int, options: dict) -> list:
         (L.Dense(3), (4,)), (L.Flatten(), (2, 3)),
         (L.serial(L.Flatten(), L.Dense(4), L.Tanh(), L.Dense(3)), (2, 3)),
         (L.Dense(3), (2, 4)), (L.LayerNorm(), (3, 4)), (L.RMSNorm(), (5,)),
-        (L.BatchNorm(), (2, 4)), (L.Dropout(0.3), (5,)),
+        (L.GroupNorm(2), (3, 4)), (L.BatchNorm(), (2, 4)), (L.Dropout(0.3), (5,)),
         (L.serial(L.Dense(4), L.Residual(L.serial(L.LayerNorm(), L.Dense(4), L.Gelu())),
                   L.Parallel(L.Dense(2), L.serial(L.Dense(3), L.Tanh()), merge="concat")), (3,)),
         (L.Conv(3, (3, 3), strides=2), (5, 6, 2)),
