@@ -1,7 +1,11 @@
-"""Fingerprints of the compiled gradient and step programs of the four MLP benchmark configs.
+"""Fingerprints of the compiled programs the benchmarks time: gradient, step, DP step, norms.
 
 Two checkouts print the same fingerprints exactly when XLA compiled the same programs (optimized
-HLO with metadata stripped), so their benchmark ratios carry over without a re-run. Usage:
+HLO with source locations stripped), so their benchmark ratios carry over without a re-run.
+Configs: the MLPs (seed, digits, wide, deep), cnn (BatchNorm's state carried), the small GPT,
+tied and untied, and the LSTM; programs: backprop's and jax.grad's gradient, an optax step
+(stateless models), and where every layer has per-example rules, a DP-SGD step and the
+per-example norms. Usage:
 
     python benchmarks/hlo_fingerprints.py                                # this checkout
     PYTHONPATH=OTHER_CHECKOUT/src python benchmarks/hlo_fingerprints.py  # another one
@@ -13,20 +17,16 @@ import hashlib
 import re
 
 import jax
-import jax.numpy as jnp
 import optax
 
 import jaxbp
-from jaxbp import mlp, mse, softmax_cross_entropy
+from jaxbp.bench import CONFIGS
+from jaxbp.bench.mlp import _problem
+from jaxbp.bench.sequence import SequenceConfig
 from jaxbp.train import make_step
 
-# The benchmark's MLP configs: (model, loss, input shape, batch, regression target width).
-CONFIGS = {
-    "seed": (mlp([2, 1], "sigmoid", "sigmoid"), mse, (2,), 4, 1),
-    "digits": (mlp([128, 128, 10], "relu"), softmax_cross_entropy, (64,), 128, None),
-    "wide": (mlp([1024, 1024, 10], "relu"), softmax_cross_entropy, (784,), 512, None),
-    "deep": (mlp([64] * 16 + [1], "tanh"), mse, (32,), 64, 1),
-}
+NAMES = ("seed", "digits", "wide", "deep", "cnn", "gpt", "gpt_tied", "lstm")
+PER_EXAMPLE = ("digits", "wide", "gpt", "gpt_tied")  # DP step and norms: the bench's DP configs
 
 
 def fingerprint(compiled) -> str:
@@ -37,15 +37,44 @@ def fingerprint(compiled) -> str:
     return hashlib.md5(text.encode()).hexdigest()[:12]
 
 
+def problem(name: str):
+    """(model, loss, params, state or None, x, y) of a bench config."""
+    if name == "gpt_tied":
+        gpt = CONFIGS["gpt"]
+        options = (*gpt.options, ("tie_weights", True))
+        config = SequenceConfig(name, gpt.builder, options, gpt.context, gpt.batch)
+        return config.problem()
+    config = CONFIGS[name]
+    if hasattr(config, "problem"):
+        return config.problem()
+    model, loss, params, x, y = _problem(config)
+    return model, loss, params, None, x, y
+
+
+def programs(name: str) -> dict:
+    model, loss, params, state, x, y = problem(name)
+    kw = {} if not jax.tree.leaves(state) else {"state": state}
+    out = {
+        engine: jax.jit(lambda p, e=engine: getattr(jaxbp, e)(model, loss, p, x, y, **kw))
+        .lower(params)
+        .compile()
+        for engine in ("backprop", "autodiff")
+    }
+    if not kw:
+        opt = optax.adam(1e-3)
+        out["step"] = make_step(model, loss, opt).lower(params, opt.init(params), x, y).compile()
+    if name in PER_EXAMPLE:
+        dp, key = jaxbp.dp_sgd(1.0, 1.0, delta=None), jax.random.PRNGKey(0)
+        out["dp"] = jax.jit(lambda p: dp(model, loss, p, x, y, key=key)).lower(params).compile()
+        norms = jax.jit(lambda p: jaxbp.per_example_norms(model, loss, p, x, y))
+        out["norms"] = norms.lower(params).compile()
+    return out
+
+
 def main() -> None:
-    for name, (model, loss, shape, batch, width) in CONFIGS.items():
-        _, params = model.init(jax.random.PRNGKey(0), shape)
-        x = jnp.ones((batch, *shape))
-        y = jnp.ones((batch, width)) if width else jnp.zeros((batch,), jnp.int32)
-        grad = jax.jit(jaxbp.backprop, static_argnums=(0, 1)).lower(model, loss, params, x, y)
-        opt = optax.sgd(0.1)
-        step = make_step(model, loss, opt).lower(params, opt.init(params), x, y)
-        print(name, "grad", fingerprint(grad.compile()), "step", fingerprint(step.compile()))
+    for name in NAMES:
+        shown = "  ".join(f"{k} {fingerprint(c)}" for k, c in programs(name).items())
+        print(f"{name:9} {shown}")
 
 
 if __name__ == "__main__":
