@@ -1,9 +1,11 @@
 """Backprop, feedback alignment (FA) and direct feedback alignment (DFA) learning digits.
 
-One MLP, one init, one optimizer and one data order per seed; only the backward rule changes, and
-it reaches `jaxbp.train.fit` through its `grad=` option (`"backprop"`, or the engines made by
-`jaxbp.feedback_alignment` and `jaxbp.direct_feedback_alignment`). Per epoch: test accuracy, and
-for every Dense layer's W the angle between the update the engine used and the true gradient
+Two models, an MLP and a residual MLP (Dense layers inside skip connections, where a rule must
+replace the Dense's backward and never the Residual's). Per model, one init, one optimizer and
+one data order per seed; only the backward rule changes, and it reaches `jaxbp.train.fit`
+through its `grad=` option (`"backprop"`, or the engines made by `jaxbp.feedback_alignment` and
+`jaxbp.direct_feedback_alignment`). Per epoch: test accuracy, and for every Dense layer's W (by
+its path, `jaxbp.walk`) the angle between the update the engine used and the true gradient
 (`jaxbp.autodiff`), both taken on the whole training set at the parameters of that epoch's end.
 
 How the angles see the parameters: `fit` is called once per engine and seed, with its optimizer
@@ -18,9 +20,10 @@ too: the forward weights coming to align with B is why FA learns at all.
 Usage:
     python experiments/feedback_alignment.py --out experiments/results/feedback_alignment [--quick]
 
-Writes results.json (per engine: final and best test accuracy, accuracy per epoch, angles per
-layer per epoch, wall time; per seed and mean over seeds), accuracy.png (test accuracy of the
-three engines) and alignment.png (FA's and DFA's angles to the true gradient over training).
+Writes results.json (per model and engine: final and best test accuracy, accuracy per epoch,
+angles per layer per epoch, wall time; per seed and mean over seeds), accuracy.png (test
+accuracy of the three engines, a panel per model) and alignment.png (FA's and DFA's angles to
+the true gradient over training, a row per model).
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from jaxbp import checkpoint, datasets, train  # noqa: E402
 
 HIDDEN = (256, 256)  # two hidden layers: the least depth at which FA's and DFA's updates differ
 QUICK_HIDDEN = (64, 64)  # small enough to compile and train in seconds
+BLOCKS = 2  # the residual MLP: Dense(width), 2 blocks x + Dense(relu(Dense(x))), Dense(10)
 ACTIVATION = "relu"  # FA and DFA come within a point of backprop with it (tanh did about as well)
 LEARNING_RATE = 1e-3  # Adam's default; stable for all three engines at this width
 BATCH_SIZE = 32  # 44 updates per epoch on 1437 examples, so a few epochs already learn a lot
@@ -66,10 +70,17 @@ def make_engine(name: str, model, params, key):
     return make(model, params, key=key)
 
 
-def dense_names(model) -> dict[int, str]:
-    """{layer index: "W1", "W2", ...} for the model's Dense layers, input side first."""
-    dense = [i for i, layer in enumerate(model.layers) if isinstance(layer, jaxbp.Dense)]
-    return {i: f"W{n}" for n, i in enumerate(dense, 1)}
+def make_model(name: str, hidden):
+    """The MLP, or the residual MLP of the same width (no normalisation: only Dense has params)."""
+    if name == "mlp":
+        return jaxbp.mlp([*hidden, 10], ACTIVATION)
+    return jaxbp.layers.residual_mlp(hidden[0], BLOCKS, 10, ACTIVATION, norm=None)
+
+
+def dense_names(model) -> dict[tuple, str]:
+    """{layer path: "W1", "W2", ...} for the model's Dense layers at any depth, input first."""
+    dense = [path for path, layer in jaxbp.walk.leaves(model) if isinstance(layer, jaxbp.Dense)]
+    return {path: f"W{n}" for n, path in enumerate(dense, 1)}
 
 
 def angle_meter(model, engine, data, names):
@@ -83,28 +94,28 @@ def angle_meter(model, engine, data, names):
 
     def measure(params):
         angles = jaxbp.alignment(*both(params))
-        return {name: angles[f"[{i}]['W']"] for i, name in names.items()}
+        return {name: angles[f"{jaxbp.walk.path_str(p)}['W']"] for p, name in names.items()}
 
     return measure
 
 
 def weight_feedback_angles(engine, params, names) -> dict[str, float]:
     """FA only: angle between W_k and its fixed stand-in B_k, for every layer whose B is used."""
-    angles = {}
-    for (i,), B in engine.feedback.items():  # keyed by path: (i,) for a top-level layer
-        if i != min(names):  # the first layer's dx is dropped, so its B is never used
-            w, b = np.ravel(params[i]["W"]), np.ravel(B)
+    angles, first = {}, next(iter(names))
+    for path, B in engine.feedback.items():  # keyed by the Dense layer's path
+        if path != first:  # the first layer's dx is dropped, so its B is never used
+            w, b = np.ravel(jaxbp.walk.params_at(params, path)["W"]), np.ravel(B)
             cos = w @ b / (np.linalg.norm(w) * np.linalg.norm(b))
-            angles[names[i]] = float(np.degrees(np.arccos(np.clip(cos, -1, 1))))
+            angles[names[path]] = float(np.degrees(np.arccos(np.clip(cos, -1, 1))))
     return angles
 
 
-def run(name: str, seed: int, data, hidden, epochs: int) -> dict:
-    """One engine, one seed: fit once, measuring the angles at every epoch end."""
+def run(model_name: str, name: str, seed: int, data, hidden, epochs: int) -> dict:
+    """One model, one engine, one seed: fit once, measuring the angles at every epoch end."""
     (x_train, y_train), test = data
     key = jax.random.key(seed)
     init_key, fit_key, feedback_key = jax.random.split(key, 3)
-    model = jaxbp.mlp([*hidden, 10], ACTIVATION)
+    model = make_model(model_name, hidden)
     _, params = model.init(init_key, x_train.shape[1:])
     engine = make_engine(name, model, params, feedback_key)
     optimizer = optax.adam(LEARNING_RATE)
@@ -186,7 +197,14 @@ def write_json(path: Path, results: dict) -> None:
 
 
 def plot_accuracy(results: dict, out: Path) -> None:
-    fig, ax = plt.subplots(figsize=(6.4, 4))
+    models = results["models"]
+    fig, axes = plt.subplots(1, len(models), figsize=(6.4 * len(models), 4), squeeze=False)
+    for ax, res in zip(axes[0], models.values()):
+        _accuracy_panel(ax, res, results["config"]["seeds"])
+    save(fig, out / "accuracy.png")
+
+
+def _accuracy_panel(ax, results: dict, seeds: int) -> None:
     for name, res in results["engines"].items():
         runs = np.array(res["accuracy_per_seed"])
         epochs = np.arange(1, runs.shape[1] + 1)
@@ -194,17 +212,25 @@ def plot_accuracy(results: dict, out: Path) -> None:
         ax.plot(epochs, runs.mean(0), lw=1.8, label=label)
         if len(runs) > 1:
             ax.fill_between(epochs, runs.min(0), runs.max(0), alpha=0.2)
-    seeds = results["config"]["seeds"]
     worst = min(res["final_accuracy"] for res in results["engines"].values())
     ax.set(xlabel="epoch", ylabel="test accuracy", ylim=(min(0.8, worst - 0.1), 1.0))
-    ax.set_title(f"digits, {results['config']['model']}: mean of {seeds} seeds (band: min-max)")
+    ax.set_title(f"digits, {results['model']}: mean of {seeds} seeds (band: min-max)", fontsize=10)
     ax.legend(loc="lower right")
     ax.grid(alpha=0.3)
-    save(fig, out / "accuracy.png")
 
 
 def plot_alignment(results: dict, out: Path) -> None:
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.5), sharey=True)
+    models = results["models"]
+    fig, axes = plt.subplots(
+        len(models), 2, figsize=(10, 4.5 * len(models)), sharey=True, squeeze=False
+    )
+    for row, res in zip(axes, models.values()):
+        _alignment_row(row, res)
+    fig.suptitle("Angle between the engine's update and the true gradient (whole training set)")
+    save(fig, out / "alignment.png")
+
+
+def _alignment_row(axes, results: dict) -> None:
     for ax, name in zip(axes, ENGINES[1:]):
         res = results["engines"][name]
         for n, (layer, curve) in enumerate(res["angles_mean"].items()):
@@ -216,18 +242,35 @@ def plot_alignment(results: dict, out: Path) -> None:
         for n, (layer, curve) in enumerate(res.get("weight_vs_feedback_mean", {}).items(), 1):
             ax.plot(curve, color=f"C{n}", ls=":", lw=1.4, label=f"{layer} vs its B")
         ax.axhline(90, color="grey", lw=0.8, ls="--")
-        ax.set(title=LABELS[name], xlabel="epoch (0: init)", ylim=(-3, 100))
-        ax.legend(fontsize=8, loc="lower right", bbox_to_anchor=(1, 0.06))  # below the curves
+        title = f"{LABELS[name]}, {results['model']}"
+        ax.set(title=title, xlabel="epoch (0: init)", ylim=(-3, 100))
+        many = len(ax.get_lines()) > 7  # the residual MLP's 6 layers: two columns, lower down
+        ax.legend(
+            fontsize=7 if many else 8,
+            ncol=2 if many else 1,
+            loc="lower right",
+            bbox_to_anchor=(1, 0.06),
+        )  # below the curves
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("angle (degrees)")
-    fig.suptitle("Angle between the engine's update and the true gradient (whole training set)")
-    save(fig, out / "alignment.png")
 
 
 def save(fig, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
+
+
+def describe(model_name: str, dims) -> tuple[str, dict]:
+    """The model's one-line name and its Dense layers' shapes, input first."""
+    if model_name == "mlp":
+        pairs = list(zip(dims, dims[1:]))
+        text = "-".join(map(str, dims)) + " " + ACTIVATION
+    else:
+        width = dims[1]
+        pairs = [(dims[0], width)] + [(width, width)] * (2 * BLOCKS) + [(width, 10)]
+        text = f"{dims[0]}-{width} + {BLOCKS} x (x + {width}-{width}-{width} {ACTIVATION}) -10"
+    return text, {f"W{k}": f"{a}x{b}" for k, (a, b) in enumerate(pairs, 1)}
 
 
 def main() -> None:
@@ -237,33 +280,43 @@ def main() -> None:
     data = datasets.load("digits")
     dims = (data[0][0].shape[1], *hidden, 10)
     t0 = time.perf_counter()
-    records = {name: [run(name, s, data, hidden, epochs) for s in range(seeds)] for name in ENGINES}
+    models = {}
+    for model_name in ("mlp", "residual_mlp"):
+        records = {
+            name: [run(model_name, name, s, data, hidden, epochs) for s in range(seeds)]
+            for name in ENGINES
+        }
+        text, layers = describe(model_name, dims)
+        models[model_name] = {
+            "model": text,
+            "layers": layers,
+            "engines": {name: summarise(name, recs) for name, recs in records.items()},
+        }
     results = {
         "config": {
             "dataset": "digits",
-            "model": "-".join(map(str, dims)) + " " + ACTIVATION,
             "optimizer": f"adam({LEARNING_RATE})",
             "batch_size": BATCH_SIZE,
             "epochs": epochs,
             "seeds": seeds,
             "quick": args.quick,
-            "layers": {f"W{k}": f"{a}x{b}" for k, (a, b) in enumerate(zip(dims, dims[1:]), 1)},
             "angles": "degrees, whole training set, at epoch 0 (init) .. epochs",
         },
-        "engines": {name: summarise(name, recs) for name, recs in records.items()},
+        "models": models,
         "total_wall_time_s": time.perf_counter() - t0,
     }
     results = plain(results)  # the plots read the same plain numbers the JSON holds
     write_json(args.out / "results.json", results)
     plot_accuracy(results, args.out)
     plot_alignment(results, args.out)
-    for name, res in results["engines"].items():
-        start = {k: round(v[0]) for k, v in res["angles_mean"].items()}
-        end = {k: round(v[-1]) for k, v in res["angles_mean"].items()}
-        print(
-            f"{LABELS[name]:>8}: final {res['final_accuracy']:.1%}, best {res['best_accuracy']:.1%}"
-            f", angles {start} -> {end}, {res['wall_time_s']:.1f} s"
-        )
+    for model_name, model in results["models"].items():
+        for name, res in model["engines"].items():
+            start = {k: round(v[0]) for k, v in res["angles_mean"].items()}
+            end = {k: round(v[-1]) for k, v in res["angles_mean"].items()}
+            print(
+                f"{model_name:>12} {LABELS[name]:>8}: final {res['final_accuracy']:.1%}, best "
+                f"{res['best_accuracy']:.1%}, angles {start} -> {end}, {res['wall_time_s']:.1f} s"
+            )
 
 
 if __name__ == "__main__":
