@@ -84,9 +84,10 @@ def _own_module(cls) -> str:
     return inspect.getsourcefile(cls)
 
 
-# isinstance of a class named here, outside the file that defines it, is a switch a new layer
-# would silently miss. Allowed: translations into PyTorch for the benchmarks' peers, which name
-# each layer they translate and raise on any other.
+# isinstance of a class named here, or `is` of a built-in loss, outside the file that defines
+# it, is a switch a new layer or loss would silently miss. Allowed: translations into PyTorch
+# for the benchmarks' peers, which name each layer they translate and raise on any other. (Tied
+# names Embedding and Dense in its own file: which two layers it ties is its definition.)
 TRANSLATIONS = {SRC / "bench" / "torch_nets.py", SRC / "bench" / "torch_seq.py"}
 
 
@@ -104,6 +105,12 @@ def test_no_switch_on_a_specific_layer_or_loss_outside_its_own_module():
                     named = getattr(name, "id", None) or getattr(name, "attr", None)
                     if named in classes and classes[named] != path:
                         found.append(f"{path.relative_to(SRC)}:{node.lineno} {named}")
+            if isinstance(node, ast.Compare) and any(  # loss is losses.mse: an identity switch
+                isinstance(op, ast.Is | ast.IsNot) for op in node.ops
+            ):
+                text = ast.unparse(node)
+                if any(name in text for name in losses.LOSSES):
+                    found.append(f"{path.relative_to(SRC)}:{node.lineno} {text}")
             if isinstance(node, ast.Compare):  # type(x).__name__ == "...": a name list
                 text = ast.unparse(node)
                 if "__name__" in text and any(repr(name) in text for name in classes):
@@ -123,5 +130,5 @@ def test_protocol_adapters_default_to_the_safe_answer():
             return (), dy
 
     assert not protocols.examples_independent(Bare()) and not protocols.is_combinator(Bare())
-    assert protocols.init_state(Bare(), ()) == ()
+    assert jaxbp.walk.init_state(Bare(), ()) == ()
     assert not protocols.params_disjoint(Bare())

@@ -17,7 +17,7 @@ from conftest import rel_error
 from jaxbp import layers as L
 from jaxbp import losses
 from jaxbp._compat import enable_x64
-from jaxbp.protocols import forward_state, init_state
+from jaxbp.protocols import forward_state
 from jaxbp.quantities import (
     first_order,
     grad_variance,
@@ -32,7 +32,7 @@ from jaxbp.quantities._leaves import (
     record,
 )
 from jaxbp.signals import params_at
-from jaxbp.walk import leaves
+from jaxbp.walk import init_state, leaves
 
 RTOL = 1e-10
 CAUGHT = 1e-3  # a planted error must move the result by at least this much

@@ -59,7 +59,9 @@ def test_batchnorm_state_is_trained_returned_and_used_in_evaluation(digits):
 def test_a_model_with_state_needs_state(digits):
     model = L.mlp([8, 10], "relu", batch_norm=True)
     _, params = model.init(KEY, (64,))
-    with pytest.raises(ValueError, match=r"keeps state \(layer \[1\]\): pass state="):
+    with pytest.raises(
+        ValueError, match=r"fit: the model keeps state \(layer \[1\] BatchNorm\(.*pass state="
+    ):
         fit(model, jaxbp.softmax_cross_entropy, params, digits[0], optimizer=optax.sgd(0.1),
             epochs=1, batch_size=32, key=KEY)  # fmt: skip
 

@@ -15,12 +15,10 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxbp import _fit_setup as setup  # the engine for grad=, accuracy scoring
 from jaxbp import _sampling
 from jaxbp._shuffle import permutation
-from jaxbp._types import Params
 from jaxbp.layers.mode import eval_mode
-from jaxbp.protocols import forward_state, init_state
-from jaxbp.walk import leaves, path_str
+from jaxbp.protocols import forward_state
 
-__all__ = ["make_step", "make_epoch", "epoch_program", "compile_eval", "refuse_dropped_state"]
+__all__ = ["make_step", "make_epoch", "epoch_program", "compile_eval"]
 
 
 def make_step(
@@ -61,7 +59,7 @@ def make_step(
     def step(params, opt_state, x, y, *, key=None, state=None):
         options = {} if key is None else {"key": key}
         if state is None:
-            refuse_dropped_state("make_step", model, params, remedy)
+            setup.refuse_dropped_state("make_step", model, params, remedy)
             value, grads = engine(model, loss, params, x, y, **options)
         else:
             value, grads, state = engine(model, loss, params, x, y, state=state, **options)
@@ -102,24 +100,11 @@ def make_epoch(
     )
 
     def stateless(params, opt_state, x, y, key):
-        refuse_dropped_state("make_epoch", model, params, remedy)
+        setup.refuse_dropped_state("make_epoch", model, params, remedy)
         params, _, opt_state, value = epoch(params, (), opt_state, x, y, key)
         return params, opt_state, value
 
     return jax.jit(stateless)  # so the check above runs once, when it traces
-
-
-def refuse_dropped_state(caller: str, model: Any, params: Params, remedy: str) -> None:
-    """A model that keeps state must be given it: a program without it would drop the updates
-    (BatchNorm's running statistics) without a word. Shapes only: runs inside a trace."""
-    if not jax.tree.leaves(jax.eval_shape(lambda p: init_state(model, p), params)):
-        return
-    where = ", ".join(
-        f"layer {path_str(path)} {layer!r}"
-        for path, layer in leaves(model)
-        if hasattr(layer, "init_state")
-    )
-    raise ValueError(f"{caller}: the model keeps state ({where}), which would be lost: {remedy}")
 
 
 def epoch_program(model, loss, optimizer, grad, *, batch_size, steps, mesh, stateful) -> Callable:
@@ -154,7 +139,7 @@ def epoch_program(model, loss, optimizer, grad, *, batch_size, steps, mesh, stat
     return jax.jit(epoch)
 
 
-def compile_eval(model, loss, scoring: str | None) -> Callable:
+def compile_eval(model, loss, scoring: Callable | None) -> Callable:
     """Evaluation runs the model in evaluation mode (Dropout off, BatchNorm's running stats)."""
     model = eval_mode(model)
 

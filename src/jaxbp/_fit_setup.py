@@ -14,8 +14,8 @@ from jaxbp import _multihost
 from jaxbp._types import Array
 from jaxbp.backprop import autodiff, backprop
 from jaxbp.layers.mode import eval_mode
-from jaxbp.protocols import forward_state, init_state
-from jaxbp.walk import leaves, path_str
+from jaxbp.protocols import forward_state
+from jaxbp.walk import init_state, leaves, path_str, stateful
 
 ENGINES: dict[str, Callable] = {"backprop": backprop, "autodiff": autodiff}
 
@@ -40,6 +40,15 @@ def validate_counts(**counts: int) -> None:
 
 
 def validate_data(name: str, data, model, params) -> tuple[Array, Array]:
+    """data as fit needs it: check_arrays, then labels against the model's outputs."""
+    x, y = check_arrays(name, data, model)
+    check_labels(name, y, output_shape(model, params, x))
+    return x, y
+
+
+def check_arrays(name: str, data, model) -> tuple[Array, Array]:
+    """A pair (x, y) of arrays, as many examples each, finite, and ids the model's first layer
+    takes; nothing traced, so every error here is about the data."""
     if not isinstance(data, (tuple, list)) or len(data) != 2:
         raise TypeError(f"{name} must be a pair (x, y), got {type(data).__name__}")
     x, y = data
@@ -62,12 +71,21 @@ def validate_data(name: str, data, model, params) -> tuple[Array, Array]:
             first.check_ids(np.asarray(x))
         except ValueError as error:
             raise ValueError(f"{name}: x: {error}") from None
-    # In evaluation mode with its initial state, so Dropout needs no key and BatchNorm its stats.
-    out = jax.eval_shape(
+    return x, y
+
+
+def output_shape(model, params, x) -> jax.ShapeDtypeStruct:
+    """The model's output for x, traced in evaluation mode from its initial state (so Dropout
+    needs no key and BatchNorm has its statistics)."""
+    return jax.eval_shape(
         lambda p, x: forward_state(eval_mode(model), p, init_state(model, p), x)[0],
         params,
         jax.ShapeDtypeStruct(x.shape, x.dtype),
     )
+
+
+def check_labels(name: str, y, out) -> None:
+    """Integer class labels must name one of the model's outputs (out: its output's shape)."""
     if np.issubdtype(np.asarray(y).dtype, np.integer) and out.shape[:-1] == y.shape:
         low, high, k = int(np.min(y)), int(np.max(y)), out.shape[-1]
         if low < 0 or high >= k:
@@ -75,19 +93,15 @@ def validate_data(name: str, data, model, params) -> tuple[Array, Array]:
                 f"{name}: labels span [{low}, {high}] but the model has {k} outputs "
                 f"(classes 0..{k - 1})"
             )
-    return x, y
 
 
-def refuse_hidden_state(model, params) -> None:
-    """A model that keeps state must be given it: fit would otherwise drop its updates."""
-    state = jax.eval_shape(lambda p: init_state(model, p), params)
-    if jax.tree.leaves(state):
-        where = [path_str(p) for p, layer in leaves(model) if hasattr(layer, "init_state")]
-        raise ValueError(
-            f"the model keeps state (layer {', '.join(where)}): pass "
-            "state=jaxbp.layers.init_state(model, params) to fit, which then returns "
-            "(params, state, history)"
-        )
+def refuse_dropped_state(caller: str, model, params, remedy: str) -> None:
+    """A model that keeps state must be given it: a program without it would drop the updates
+    (BatchNorm's running statistics) without a word. Shapes only: runs inside a trace."""
+    if not jax.tree.leaves(jax.eval_shape(lambda p: init_state(model, p), params)):
+        return
+    where = ", ".join(f"layer {path_str(path)} {layer!r}" for path, layer in stateful(model))
+    raise ValueError(f"{caller}: the model keeps state ({where}), which would be lost: {remedy}")
 
 
 def mesh_for(devices, batch_size: int) -> Mesh | None:

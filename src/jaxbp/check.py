@@ -75,8 +75,7 @@ from jaxbp._check_report import (
 )
 from jaxbp._compat import enable_x64
 from jaxbp._types import Array, Params, PRNGKey, Shape
-from jaxbp.protocols import init_state
-from jaxbp.walk import leaves, path_str
+from jaxbp.walk import init_state, leaves, nodes, path_str
 
 __all__ = [
     "check_vjp", "check_layer", "check_loss", "check_backprop", "CheckReport", "Row",
@@ -199,9 +198,9 @@ def _nudged(params: Params, rng: np.random.Generator) -> Params:
 
 
 def _selects(model: Any) -> bool:
-    """Whether the model or any of its leaf layers picks among its inputs (`selects`, False
-    where absent), so that ties decide where its gradient goes."""
-    return any(getattr(leaf, "selects", False) is True for _, leaf in leaves(model))
+    """Whether the model or any layer inside it picks among its inputs (`selects`, False where
+    absent), so that ties decide where its gradient goes."""
+    return any(getattr(layer, "selects", False) is True for _, layer in nodes(model))
 
 
 def _and_ties(report: CheckReport, tied: CheckReport) -> CheckReport:

@@ -30,8 +30,13 @@ Layer (optional: what a layer knows about itself; each default is the safe one)
     per_example_sq_norms(params, residuals, dy) -> (batch,)
     sum_grad_squared(params, residuals, dy) -> sum_i (per-example dparams)^2, params' shapes
     weighted_grad(params, residuals, dy, w) -> sum_i w_i (per-example dparams), params' shapes
-        Faster per-example rules; without them an exact generic one runs (the layer's own
-        backward, example by example), for layers whose examples are independent.
+        Faster per-example rules; without them an exact generic one runs, for layers whose
+        examples are independent: the layer's own backward on its recorded residuals, with dy
+        kept at one example at a time.
+    recompute_per_example: bool
+        True when forward on one example's rows gives exactly that example's rows of the
+        batch's forward (no key, no state): the generic rule may then recompute each example's
+        forward and backward alone, which costs less than a backward per example. Default False.
     kfac_rows(x) -> a: (rows, fan_in + 1)
         K-FAC's input rows [x, 1], one per example and position, such that each output row is
         a @ [W.reshape(-1, features); b]. Without it, kfac_factors refuses the layer (or, when
@@ -51,9 +56,12 @@ Combinator: a Layer that holds other layers
         sweep): forward and backward that reach each child through `jaxbp.walk.sweep_forward`
         and `sweep_backward` at path + step (see jaxbp.walk).
     params_disjoint: bool
-        True when each child reads exactly its own subtree of the params (Serial, Residual,
-        Parallel), so per-example gradient norms add over the leaves. False, or missing, means
-        the params are shared or transformed (Tied): quantities take the exact route.
+        True when each child reads exactly its own subtree of the params and nothing else reads
+        or changes it (the combinator has no params of its own, and passes each child's
+        gradient up as it is: Serial, Residual, Parallel), so per-example gradient norms add
+        over the leaves. False, or missing, means the params are shared, transformed or read
+        besides (Tied): quantities take the exact route. The quantities check the claim on the
+        arrays each leaf reads and returns; one they contradict raises.
 
 Addresses: a path names exactly one leaf layer (one that is not a combinator), by its place in
 the params tree: (3, 0, 1) is params[3][0][1]. Combinators are not addressed (Residual and Tied
@@ -86,7 +94,7 @@ from typing import Any, Protocol, runtime_checkable
 from jaxbp._types import Array, Grads, Params, PRNGKey, Residuals, Shape
 
 __all__ = [
-    "Layer", "Combinator", "Loss", "Engine", "State", "is_combinator", "init_state",
+    "Layer", "Combinator", "Loss", "Engine", "State", "is_combinator",
     "forward_state", "examples_independent", "params_disjoint",
 ]  # fmt: skip
 
@@ -157,12 +165,6 @@ class Engine(Protocol):
 def is_combinator(layer: Any) -> bool:
     """Combinators hold other layers (`sublayers()`) and sweep through them by path."""
     return callable(getattr(layer, "sublayers", None))
-
-
-def init_state(layer: Any, params: Params) -> State:
-    """layer.init_state(params), or () for a layer that keeps no state."""
-    method = getattr(layer, "init_state", None)
-    return () if method is None else method(params)
 
 
 def forward_state(

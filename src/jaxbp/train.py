@@ -98,7 +98,9 @@ def fit(
     engine = setup.engine_for(grad)
     stateful = state is not None
     if not stateful:
-        setup.refuse_hidden_state(model, params)
+        remedy = "pass state=jaxbp.layers.init_state(model, params); fit then returns "
+        remedy += "(params, state, history)"
+        setup.refuse_dropped_state("fit", model, params, remedy)
     x, y = setup.validate_data("train_data", train_data, model, params)
     if eval_data is not None:
         setup.validate_data("eval_data", eval_data, model, params)

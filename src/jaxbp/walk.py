@@ -27,8 +27,8 @@ from jaxbp.protocols import State, forward_state, is_combinator, params_disjoint
 
 __all__ = [
     "Path", "Rule", "as_path", "path_str", "children", "nodes", "leaves", "layer_at", "map_layers",
-    "params_at", "disjoint", "ByPath", "Sweep", "sweep_forward", "sweep_backward", "blame",
-    "reverse", "Trace", "trace",
+    "stateful", "init_state", "params_at", "disjoint", "ByPath", "Sweep", "sweep_forward",
+    "sweep_backward", "blame", "reverse", "Trace", "trace",
 ]  # fmt: skip
 
 Path = tuple[int, ...]
@@ -80,13 +80,9 @@ def nodes(model: Any, path: Path = ()) -> Iterator[tuple[Path, Any]]:
             yield from nodes(child, path + step)
 
 
-def leaves(model: Any, path: Path = ()) -> Iterator[tuple[Path, Any]]:
+def leaves(model: Any) -> Iterator[tuple[Path, Any]]:
     """(path, layer) for every leaf layer (not a combinator), in forward order."""
-    if not is_combinator(model):
-        yield path, model
-        return
-    for step, child in children(model):
-        yield from leaves(child, path + step)
+    return ((path, layer) for path, layer in nodes(model) if not is_combinator(layer))
 
 
 def layer_at(model: Any, path: Any) -> Any:
@@ -107,6 +103,27 @@ def map_layers(fn: Callable[[Any], Any], layer: Any) -> Any:
     return fn(layer)
 
 
+def stateful(model: Any) -> list[tuple[Path, Any]]:
+    """(path, layer) for every leaf layer that keeps state (has init_state), in forward order."""
+    return [(p, one) for p, one in leaves(model) if callable(getattr(one, "init_state", None))]
+
+
+def init_state(layer: Any, params: Params) -> State:
+    """layer.init_state(params), or () for a layer that keeps no state. A combinator without
+    init_state around a layer that keeps state raises: its state would be lost."""
+    method = getattr(layer, "init_state", None)
+    if method is not None:
+        return method(params)
+    kept = stateful(layer) if is_combinator(layer) else []
+    if kept:
+        raise TypeError(
+            f"{layer!r:.80} holds layers that keep state ({', '.join(path_str(p) for p, _ in kept)}"
+            " inside it) but has no init_state: define init_state(params) and thread the state "
+            "through walk_forward, or it would be lost"
+        )
+    return ()
+
+
 def params_at(params: Params, path: Path) -> Params:
     """The subtree of params (or grads) at a leaf's path."""
     for step in path:
@@ -117,9 +134,7 @@ def params_at(params: Params, path: Path) -> Params:
 def disjoint(model: Any) -> bool:
     """True when every combinator in the model declares params_disjoint (each child reads its
     own params subtree, so per-example norms add over leaves); an undeclared one is sharing."""
-    if not is_combinator(model):
-        return True
-    return params_disjoint(model) and all(disjoint(c) for _, c in children(model))
+    return all(params_disjoint(c) for _, c in nodes(model) if is_combinator(c))
 
 
 @jax.tree_util.register_pytree_node_class
@@ -152,7 +167,8 @@ class ByPath(dict):
 @dataclasses.dataclass
 class Sweep:
     """What a walk carries besides arrays: rules[path] replaces that leaf's backward; with
-    record=True, each leaf's input, output, delta, params and residuals by path."""
+    record=True, each leaf's input, output, delta, params, residuals and returned dparams by
+    path (a leaf reached twice then raises: one path, one record)."""
 
     rules: Mapping[Path, Rule] = dataclasses.field(default_factory=dict)
     record: bool = False
@@ -161,6 +177,7 @@ class Sweep:
     deltas: dict = dataclasses.field(default_factory=dict)
     params: dict = dataclasses.field(default_factory=dict)
     residuals: dict = dataclasses.field(default_factory=dict)
+    dparams: dict = dataclasses.field(default_factory=dict)
     ran: set = dataclasses.field(default_factory=set)
 
 
@@ -177,6 +194,7 @@ def sweep_forward(
         else:
             y, residuals, state = forward_state(layer, params, state, x, key=key)
     if sweep.record:
+        _once(sweep.inputs, path, layer, "forward")
         sweep.inputs[path], sweep.outputs[path] = x, y
     return y, residuals, state
 
@@ -188,22 +206,36 @@ def sweep_backward(
     one sweep.rules names for its path."""
     if is_combinator(layer):
         return layer.walk_backward(params, residuals, dy, path, sweep)
-    if sweep.record:
-        sweep.deltas[path], sweep.params[path], sweep.residuals[path] = dy, params, residuals
     rule = sweep.rules.get(path, layer.backward)
-    sweep.ran.add(path)
     with blame(path, layer):
-        return rule(params, residuals, dy)
+        out = rule(params, residuals, dy)
+    if sweep.record:
+        _once(sweep.ran, path, layer, "backward")
+        sweep.deltas[path], sweep.params[path], sweep.residuals[path] = dy, params, residuals
+        sweep.dparams[path] = out[0]
+    sweep.ran.add(path)
+    return out
+
+
+def _once(seen, path: Path, layer: Any, sweep: str) -> None:
+    """A recording names one application of each leaf by its path: a second one raises."""
+    if path in seen:
+        raise ValueError(
+            f"layer {path_str(path)} {layer!r} is reached twice in one {sweep} sweep (a "
+            "combinator applies it twice): its signals, rule and per-example terms would be "
+            "ambiguous"
+        )
 
 
 @contextlib.contextmanager
 def blame(path: Path, layer: Any) -> Iterator[None]:
-    """Prefix a ValueError/TypeError raised inside a layer with its path: 'layer [3][0] Dense(...)'.
-    An error a deeper level prefixed keeps its longer path; a message that starts with the
-    layer's repr does not repeat it; the model itself (path ()) adds nothing."""
+    """Prefix a ValueError, TypeError or NotImplementedError raised inside a layer with its
+    path: 'layer [3][0] Dense(...)'. An error a deeper level prefixed keeps its longer path; a
+    message that starts with the layer's repr does not repeat it; the model (path ()) adds
+    nothing."""
     try:
         yield
-    except (ValueError, TypeError) as error:
+    except (ValueError, TypeError, NotImplementedError) as error:
         message, name = str(error), repr(layer)
         if not path or message.startswith("layer ["):
             raise
@@ -254,7 +286,8 @@ class Trace:
     """What the driver leaves: value C; y_pred and dy_pred = dC/dy_pred (batch, *out); grads;
     state (None without one); tree, the whole residual tree. With record=True, by leaf path:
     inputs (batch, *in); outputs and deltas dC/d(output) (batch, *out), carrying C's 1/m;
-    params (as the leaf read them: Tied's head holds W = table^T); residuals; layers (static)."""
+    params (as the leaf read them: Tied's head holds W = table^T); residuals; dparams (as the
+    leaf's rule returned them); layers (static)."""
 
     value: Array
     y_pred: Array
@@ -267,6 +300,7 @@ class Trace:
     deltas: ByPath
     params: ByPath
     residuals: ByPath
+    dparams: ByPath
     layers: ByPath = dataclasses.field(metadata={"static": True})
 
     @property
@@ -290,15 +324,16 @@ def trace(
     dy_pred = loss.backward(loss_residuals)
     named = rules(dy_pred) if callable(rules) else rules
     grads, _ = reverse(model, params, tree, dy_pred, rules=named, sweep=sweep)
-    names = ("inputs", "outputs", "deltas", "params", "residuals")
-    by = {n: ByPath((p, getattr(sweep, n)[p]) for p in sweep.inputs) for n in names}
     layers = _Layers(leaves(model) if record else ())
-    if record and list(layers) != list(sweep.inputs):
+    if record and (list(sweep.inputs) != list(layers) or set(sweep.deltas) != set(layers)):
         raise ValueError(
-            f"the walk reached layers at {', '.join(map(path_str, sweep.inputs))}, but the "
-            f"model's layers are at {', '.join(map(path_str, layers))}: a combinator passes "
-            "its children other paths than its sublayers() declare"
+            f"the walk reached layers at {', '.join(map(path_str, sweep.inputs))} forward and "
+            f"{', '.join(map(path_str, sweep.deltas))} backward, but the model's layers are at "
+            f"{', '.join(map(path_str, layers))}: a combinator passes its children other paths "
+            "than its sublayers() declare, or skips one"
         )
+    names = ("inputs", "outputs", "deltas", "params", "residuals", "dparams")
+    by = {n: ByPath((p, getattr(sweep, n)[p]) for p in layers) for n in names}
     return Trace(value, y_pred, dy_pred, grads, new_state, tree, **by, layers=layers)
 
 

@@ -52,7 +52,8 @@ from jaxbp.layers.position import PositionEmbedding
 from jaxbp.layers.recurrent import GRU, LSTM, RNN
 from jaxbp.layers.reshape import Flatten
 from jaxbp.layers.tied import Tied
-from jaxbp.protocols import Layer, forward_state, init_state
+from jaxbp.protocols import Layer, forward_state
+from jaxbp.walk import init_state
 
 __all__ = [
     "Layer", "Dense", "Sigmoid", "Tanh", "Relu", "LeakyRelu", "Elu", "Gelu", "Softplus", "Silu",

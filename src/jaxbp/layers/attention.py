@@ -46,6 +46,7 @@ class SelfAttention(Layer):
     causal: bool = True
     recompute: bool = False
     examples_independent = True  # tokens attend within their own sequence
+    recompute_per_example = True  # no key, no state: one sequence's forward is its own rows
 
     def __post_init__(self):
         h = self.num_heads

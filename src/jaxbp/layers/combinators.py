@@ -13,8 +13,16 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxbp.protocols import Combinator, init_state
-from jaxbp.walk import Path, Sweep, blame, path_str, sweep_backward, sweep_forward
+from jaxbp.protocols import Combinator
+from jaxbp.walk import (
+    Path,
+    Sweep,
+    blame,
+    init_state,
+    path_str,
+    sweep_backward,
+    sweep_forward,
+)  # fmt: skip
 
 __all__ = ["Serial", "Residual", "Parallel", "serial", "CombinatorBase", "check_layers"]
 

@@ -1,7 +1,7 @@
 """Pooling, channels last: MaxPool and AvgPool over windows of 1 to 3 spatial axes, GlobalAvgPool.
 
-A window is a kernel of ones that does not mix channels, so the padding arithmetic is Conv's
-(`resolve_padding`, `transpose_padding` in conv.py).
+A window is a kernel of ones that does not mix channels, so the padding arithmetic is Conv's:
+`resolve_padding` and `transpose_padding`, from `_spatial.py`, which both read.
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ class PositionEmbedding(Layer):
     context: int
     features: int
     examples_independent = True  # the same table added to every example
+    recompute_per_example = True  # no key, no state: one example's forward is its own rows
 
     def __post_init__(self):
         for name in ("context", "features"):

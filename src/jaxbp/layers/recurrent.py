@@ -51,6 +51,7 @@ class _Recurrent(Layer):
 
     features: int
     examples_independent = True  # each sequence runs its own recurrence
+    recompute_per_example = True  # no key, no state: one sequence's forward is its own rows
     gates = 1  # k: W is (in, kF)
 
     def __post_init__(self):

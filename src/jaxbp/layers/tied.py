@@ -12,8 +12,15 @@ from jaxbp.layers._base import describe
 from jaxbp.layers.combinators import CombinatorBase, check_layers
 from jaxbp.layers.dense import Dense
 from jaxbp.layers.embedding import Embedding
-from jaxbp.protocols import init_state
-from jaxbp.walk import Path, as_path, leaves, path_str, sweep_backward, sweep_forward
+from jaxbp.walk import (
+    Path,
+    as_path,
+    init_state,
+    leaves,
+    path_str,
+    sweep_backward,
+    sweep_forward,
+)  # fmt: skip
 
 __all__ = ["Tied"]
 

@@ -1,22 +1,20 @@
 """The recording sweep and each leaf layer's per-example rules: the adapter the quantities share.
 
-A per-example gradient of a leaf's params needs only that leaf's input x (or residuals) and
-its delta dC/d(output): param gradients are sums over examples of terms that each read one
-example, so keeping the batch axis instead of summing it gives them. That holds when no layer
-lets examples meet, which each layer declares (`examples_independent`, jaxbp.protocols); a
-layer that does not (BatchNorm in training; a user's layer that does not say) is refused before
-any work, naming its path. A layer may supply faster optional rules:
+A per-example gradient of a leaf's params needs only that leaf's residuals and its delta
+dC/d(output): param gradients are sums over examples of terms that each read one example, so
+keeping the batch axis instead of summing it gives them. That holds when no layer lets examples
+meet, which each layer declares (`examples_independent`, jaxbp.protocols); a layer that does
+not (BatchNorm in training; a user's layer that does not say) is refused before any work,
+naming its path. A layer's optional rules (per_example_grads, per_example_sq_norms,
+sum_grad_squared, weighted_grad: jaxbp.protocols) are used where it has them; without one, an
+exact generic rule runs: backward on the recorded residuals with dy kept at example i alone
+(backward is linear in dy), or, for a layer that declares recompute_per_example, its forward
+and backward on example i alone (cheaper: no key or state to reproduce).
 
-    per_example_grads(params, residuals, dy) -> dparams, each leaf (batch, *leaf.shape)
-    per_example_sq_norms(params, residuals, dy) -> (batch,) squared norms of the same
-    sum_grad_squared(params, residuals, dy) -> dparams' shapes: sum_i (per-example grad)^2
-    weighted_grad(params, residuals, dy, w) -> dparams' shapes: sum_i w_i (per-example grad)
-
-Without one, an exact generic rule runs: vmap over examples i of backward(p, forward(p,
-x_i[None]).residuals, delta_i[None]).dparams (a recomputed forward per example). Nothing here
-scales by the batch size m: deltas carry C's 1/m, so a per-example gradient of L_i is m times
-these rules (the callers scale). Per-leaf norms add up to the whole gradient's only where each
-leaf owns its params: `owns_params` decides, from the combinators' declarations, and checks them.
+Nothing here scales by the batch size m: deltas carry C's 1/m, so a per-example gradient of
+L_i is m times these rules (the callers scale). Per-leaf norms add up to the whole gradient's
+only where each leaf owns its params: `owns_params` decides, from the combinators'
+declarations, and checks them.
 """
 
 from __future__ import annotations
@@ -45,7 +43,7 @@ from jaxbp.walk import (
 __all__ = [
     "record", "deltas_for", "leaf_per_example_grads", "leaf_sq_norms", "leaf_sum_grad_squared",
     "leaf_weighted_grad", "has_params", "assemble", "check_supported", "sq_norms_per_example",
-    "owns_params", "check_supported_leaf",
+    "owns_params", "check_independent", "each_leaf", "each_example",
 ]  # fmt: skip
 
 
@@ -80,10 +78,12 @@ def check_supported(model: Any, what: str) -> None:
     """Before any work: raise NotImplementedError naming the first layer (a combinator too) that
     does not declare its examples independent (in its current mode)."""
     for path, layer in nodes(model):
-        check_supported_leaf(path, layer, what)
+        check_independent(path, layer, what)
 
 
-def check_supported_leaf(path: Path, layer: Any, what: str) -> None:
+def check_independent(path: Path, layer: Any, what: str) -> None:
+    """Raise NotImplementedError, naming the path and `what` needs it, unless the layer
+    declares its examples independent."""
     if examples_independent(layer):
         return
     if getattr(layer, "train", False):
@@ -105,14 +105,19 @@ def owns_params(model: Any, params: Params, recording: Trace) -> bool:
         return False
     read = 0
     for path in recording.layers:
-        own, got = jax.tree.leaves(params_at(params, path)), jax.tree.leaves(recording.params[path])
-        if len(own) != len(got) or any(a is not b for a, b in zip(own, got)):
-            raise ValueError(
-                f"layer {path_str(path)} {recording.layers[path]!r} reads params other than its "
-                f"own subtree params{path_str(path)}, but every combinator above it declares "
-                "params_disjoint = True: a combinator that shares or transforms params must "
-                "declare params_disjoint = False"
-            )
+        own, grads = _subtree(params, path), _subtree(recording.grads, path)
+        for what, here, there in (
+            ("reads params other than", own, recording.params[path]),
+            ("has its gradient changed on the way to", grads, recording.dparams[path]),
+        ):
+            there = jax.tree.leaves(there)
+            if len(here) != len(there) or any(a is not b for a, b in zip(here, there)):
+                raise ValueError(
+                    f"layer {path_str(path)} {recording.layers[path]!r} {what} its own "
+                    f"subtree params{path_str(path)}, but every combinator above it declares "
+                    "params_disjoint = True: a combinator that shares, transforms or reads its "
+                    "children's params must declare params_disjoint = False"
+                )
         read += len(own)
     if read != len(jax.tree.leaves(params)):
         raise ValueError(
@@ -121,6 +126,31 @@ def owns_params(model: Any, params: Params, recording: Trace) -> bool:
             "params of its own must declare params_disjoint = False"
         )
     return True
+
+
+def _subtree(tree: Any, path: Path) -> list:
+    """The array leaves at path, or [] where the tree has no entry there."""
+    try:
+        return jax.tree.leaves(params_at(tree, path))
+    except (IndexError, KeyError, TypeError):
+        return []
+
+
+def each_leaf(recording: Trace, rule, deltas: ByPath | None = None) -> ByPath:
+    """rule(path, layer, params, x_in, delta, residuals) for every leaf with params, by path;
+    deltas: the recording's own, or those of another backward sweep (deltas_for)."""
+    r, deltas = recording, recording.deltas if deltas is None else deltas
+    return ByPath(
+        (p, rule(p, r.layers[p], r.params[p], r.inputs[p], deltas[p], r.residuals[p]))
+        for p in r.layers
+        if has_params(r.params[p])
+    )
+
+
+def each_example(a: Array) -> Array:
+    """(batch, ...) -> (batch, batch, ...): copy i keeps example i's rows, zero elsewhere."""
+    m = a.shape[0]
+    return jnp.eye(m, dtype=a.dtype).reshape(m, m, *(1,) * (a.ndim - 1)) * a
 
 
 # ---------------------------------------------------------------------------------------------
@@ -138,7 +168,7 @@ def _residuals(layer: Any, params: Params, x_in: Array, residuals: Residuals | N
 def _own_rule(path, layer, name, what, params, x_in, delta, residuals):
     """The layer's optional rule `name`(params, residuals, delta), or None when it has none;
     first refuses (naming the path) a layer whose examples meet."""
-    check_supported_leaf(path, layer, what)
+    check_independent(path, layer, what)
     method = getattr(layer, name, None)
     if method is None:
         return None
@@ -153,8 +183,8 @@ def leaf_per_example_grads(
     example i's being backward's dparams for delta_i alone (so sum_i of them = dparams).
 
     x_in: the leaf's input (batch, *in); delta: (batch, *out). residuals: the recorded ones
-    (needed for BatchNorm in eval mode, which cannot recompute them without its state);
-    None recomputes them from x_in. A layer without params gets its params back, ().
+    (what the forward saw: its key, its state); None recomputes them from x_in. A layer
+    without params gets its params back, ().
     """
     if not has_params(params):
         return params
@@ -162,11 +192,14 @@ def leaf_per_example_grads(
     own = _own_rule(path, layer, "per_example_grads", "per-example gradients", *args)
     if own is not None:
         return own
+    if getattr(layer, "recompute_per_example", False) is True:
 
-    def one(xi, di):  # exact: example i's forward and backward never read another example
-        return layer.backward(params, layer.forward(params, xi[None])[1], di[None])[0]
+        def one(xi, di):  # example i's forward and backward never read another example
+            return layer.backward(params, layer.forward(params, xi[None])[1], di[None])[0]
 
-    return jax.vmap(one)(x_in, delta)
+        return jax.vmap(one)(x_in, delta)
+    residuals = _residuals(layer, params, x_in, residuals)
+    return jax.vmap(lambda d: layer.backward(params, residuals, d)[0])(each_example(delta))
 
 
 def sq_norms_per_example(tree: Any) -> Array:
@@ -216,7 +249,7 @@ def leaf_weighted_grad(
     w: (batch,); delta: (batch, *out)."""
     if not has_params(params):
         return params
-    check_supported_leaf(path, layer, "per-example weights")
+    check_independent(path, layer, "per-example weights")
     if jnp.shape(w) != delta.shape[:1]:
         raise ValueError(
             f"leaf_weighted_grad: w must be (batch,) = {delta.shape[:1]}, got {jnp.shape(w)}"
@@ -238,19 +271,24 @@ def _zero_cotangent(x: Array) -> Array:
     return np.zeros(x.shape, jax.dtypes.float0)
 
 
-def _constant_rule(value: Any, x: Array):
-    """A backward rule that returns value as the leaf's dparams and a zero dx of x's shape."""
+def _value_rule(value: Any, layer: Any, x: Array, through: bool):
+    """A backward rule that returns value as the leaf's dparams, and as dx the leaf's own dx
+    (through) or zeros of x's shape (no combinator reads the cotangent for params)."""
+    if through:
+        return lambda params, residuals, dy: (value, layer.backward(params, residuals, dy)[1])
     return lambda params, residuals, dy: (value, _zero_cotangent(x))
 
 
 def assemble(
-    model: Any, params: Params, recording: Trace, values: ByPath, dy: Array, *, batched: bool
-):
+    model: Any, params: Params, recording: Trace, values: ByPath, dy: Array, *, batched: bool,
+    through: bool,
+) -> Grads:  # fmt: skip
     """A params-shaped tree from per-leaf values in the leaves' params layout, by the model's own
     backward walk with each leaf's rule returning its value: combinators place the leaves
     (Serial, Parallel), combine them (Tied adds its head's W^T to the table) or add gradients
     of params of their own, as they do gradients. dy: the output cotangent the values came from
-    (batch, *out), which a combinator with params of its own reads.
+    (batch, *out). through=True sends it down through every leaf's own rule, which a combinator
+    with params of its own, anywhere, reads (the exact route); False skips that work.
 
     values: one entry per leaf with params. batched: they carry a leading batch axis, and the
     walk runs once per example i (vmap) with dy kept at example i alone, zero elsewhere: every
@@ -258,12 +296,10 @@ def assemble(
     The result's leaves are then (batch, *param.shape)."""
 
     def walk(vals, dy):
-        rules = {p: _constant_rule(vals[p] if p in vals else recording.params[p], x)
-                 for p, x in recording.inputs.items()}  # fmt: skip
+        rules = {
+            p: _value_rule(vals[p] if p in vals else recording.params[p], layer, x, through)
+            for (p, x), layer in zip(recording.inputs.items(), recording.layers.values())
+        }
         return reverse(model, params, recording.tree, dy, rules=rules)[0]
 
-    if not batched:
-        return walk(values, dy)
-    m = dy.shape[0]
-    only = jnp.eye(m, dtype=dy.dtype).reshape(m, m, *(1,) * (dy.ndim - 1))
-    return jax.vmap(walk)(values, only * dy)
+    return walk(values, dy) if not batched else jax.vmap(walk)(values, each_example(dy))

@@ -36,13 +36,14 @@ from jaxbp.quantities._leaves import (
     assemble,
     check_supported,
     deltas_for,
+    each_leaf,
     has_params,
     leaf_per_example_grads,
     leaf_sum_grad_squared,
     owns_params,
     record,
 )  # fmt: skip
-from jaxbp.walk import ByPath, path_str
+from jaxbp.walk import ByPath, blame, path_str
 
 __all__ = ["hvp", "ggn_vp", "diag_ggn", "diag_ggn_mc", "kfac_factors"]
 
@@ -114,20 +115,16 @@ def _diagonal(
     rec = record(model, loss, params, x, y, key=key, state=state)
     sample_key = None if samples is None else jax.random.split(key)[1]  # apart from the model's
     n, column = columns(loss, rec.y_pred, y, sample_key, samples, what)
-    disjoint = owns_params(model, params, rec)
+    owned = owns_params(model, params, rec)
 
     def one_column(j):
         s = column(j)
         deltas = deltas_for(model, params, rec, s)
-        rule = leaf_sum_grad_squared if disjoint else leaf_per_example_grads
-        values = ByPath(
-            (p, rule(p, rec.layers[p], rec.params[p], rec.inputs[p], deltas[p], rec.residuals[p]))
-            for p in rec.layers
-            if has_params(rec.params[p])
-        )
-        if disjoint:
-            return assemble(model, params, rec, values, s, batched=False)
-        per_example = assemble(model, params, rec, values, s, batched=True)
+        if owned:
+            values = each_leaf(rec, leaf_sum_grad_squared, deltas)
+            return assemble(model, params, rec, values, s, batched=False, through=False)
+        values = each_leaf(rec, leaf_per_example_grads, deltas)
+        per_example = assemble(model, params, rec, values, s, batched=True, through=True)
         return jax.tree.map(lambda g: jnp.sum(g * g, axis=0), per_example)
 
     # One column per sweep: vmapped over the columns, a Conv's per-example products (one small
@@ -176,6 +173,8 @@ def kfac_factors(
 
     A layer with params and no kfac_rows raises NotImplementedError naming its path, unless
     unsupported="skip" leaves such layers out (their blocks are then not approximated at all).
+    The factors are of each layer's own params, so every layer must own them (jaxbp.protocols:
+    params_disjoint): a model with shared or transformed params (Tied) raises.
     """
     if samples is not None and key is None:
         raise ValueError("kfac_factors: samples=... draws Monte Carlo columns and needs a key")
@@ -185,10 +184,16 @@ def kfac_factors(
         )
     check_supported(model, "K-FAC factors")  # before any work
     rec = record(model, loss, params, x, y, key=key, state=state)
+    if not owns_params(model, params, rec):
+        raise NotImplementedError(
+            "kfac_factors: the model's layers do not each own their params (a combinator shares "
+            "or transforms them, or does not declare params_disjoint: Tied, say), so a layer's "
+            "factors would not be those of its params"
+        )
     rows = {}
     for path, layer in rec.layers.items():
         if callable(getattr(layer, "kfac_rows", None)):
-            with _named(path, layer):
+            with blame(path, layer):
                 rows[path] = layer.kfac_rows(rec.inputs[path])
         elif has_params(rec.params[path]) and unsupported == "raise":
             raise NotImplementedError(
@@ -207,21 +212,6 @@ def kfac_factors(
     return ByPath(
         (p, {"A": _second_moment(a, 1 / a.shape[0]), "G": Gs[p]}) for p, a in rows.items()
     )
-
-
-class _named:  # noqa: N801 (a context manager, named as the statement reads)
-    """A layer's NotImplementedError prefixed with 'kfac_factors: layer [path]'."""
-
-    def __init__(self, path, layer):
-        self.path = path
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, error, tb):
-        if kind is NotImplementedError:
-            raise NotImplementedError(f"kfac_factors: layer {path_str(self.path)} {error}")
-        return False
 
 
 def _second_moment(rows: Array, scale: float) -> Array:

@@ -32,8 +32,8 @@ from jaxbp import _threefry, privacy
 from jaxbp._types import Array, Grads, Params, PRNGKey
 from jaxbp.protocols import State
 from jaxbp.quantities import _leaves
-from jaxbp.quantities._leaves import assemble, check_supported, has_params, owns_params, record
-from jaxbp.walk import ByPath, Trace
+from jaxbp.quantities._leaves import assemble, check_supported, each_leaf, owns_params, record
+from jaxbp.walk import Trace
 
 __all__ = ["DPSGD", "dp_sgd", "clip_factors", "per_example_norms_of", "clipped_sum"]
 
@@ -143,13 +143,13 @@ def dp_sgd(
 def per_example_norms_of(model: Any, params: Params, rec: Trace) -> Array:
     """||grad L_i|| over all params, (batch,), from the recording: sqrt of the sum of the leaves'
     squared norms, times m (the deltas carry C's 1/m); exact per-example gradients assembled
-    into the params tree when a parameter is shared by two leaves (their norms do not add)."""
-    paths = _param_leaves(rec)
+    into the params tree where the leaves do not each own their params (their norms do not
+    add: Tied, or any combinator that does not declare params_disjoint)."""
     if owns_params(model, params, rec):
-        sq = sum(_leaves.leaf_sq_norms(*_leaf(rec, p)) for p in paths)
+        sq = sum(each_leaf(rec, _leaves.leaf_sq_norms).values())
     else:
-        grads = ByPath((p, _leaves.leaf_per_example_grads(*_leaf(rec, p))) for p in paths)
-        tree = assemble(model, params, rec, grads, rec.dy_pred, batched=True)
+        grads = each_leaf(rec, _leaves.leaf_per_example_grads)
+        tree = assemble(model, params, rec, grads, rec.dy_pred, batched=True, through=True)
         sq = _leaves.sq_norms_per_example(tree)
     return rec.batch * jnp.sqrt(sq)
 
@@ -161,29 +161,17 @@ def clip_factors(norms: Array, clip_norm: float) -> Array:
 
 def clipped_sum(model: Any, params: Params, rec: Trace, w: Array) -> Grads:
     """sum_i w_i grad L_i, params-shaped: each leaf's backward on its delta re-weighted by m w_i
-    (m undoes C's 1/m), placed in the params tree by the model's own walk."""
-    scale, values = rec.batch * w, ByPath()
-    for p in _param_leaves(rec):
-        layer, leaf_params, residuals = rec.layers[p], rec.params[p], rec.residuals[p]
-        values[p] = _leaves.leaf_weighted_grad(
-            p, layer, leaf_params, residuals, rec.deltas[p], scale
-        )
-    weighted = rec.dy_pred * scale.reshape(-1, *(1,) * (rec.dy_pred.ndim - 1))
-    return assemble(model, params, rec, values, weighted, batched=False)
+    (m undoes C's 1/m), placed in the params tree by the model's own walk, whose cotangent is
+    weighted the same way for a combinator with params of its own."""
+    scale = rec.batch * w
 
+    def weighted(path, layer, params, x_in, delta, residuals):
+        return _leaves.leaf_weighted_grad(path, layer, params, residuals, delta, scale)
 
-# ---------------------------------------------------------------------------------------------
-# Helpers
-
-
-def _param_leaves(rec: Trace) -> list:
-    return [p for p in rec.layers if has_params(rec.params[p])]
-
-
-def _leaf(rec: Trace, path) -> tuple:
-    """(path, layer, params, input, delta, residuals): a leaf's arguments to _leaves' rules."""
-    at = (rec.layers, rec.params, rec.inputs, rec.deltas, rec.residuals)
-    return (path, *(by_path[path] for by_path in at))
+    values = each_leaf(rec, weighted)
+    dy = rec.dy_pred * scale.reshape(-1, *(1,) * (rec.dy_pred.ndim - 1))
+    owned = owns_params(model, params, rec)
+    return assemble(model, params, rec, values, dy, batched=False, through=not owned)
 
 
 def _gaussian_like(key: PRNGKey | None, tree: Grads, std: float) -> Grads:

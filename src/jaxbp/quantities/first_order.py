@@ -23,6 +23,7 @@ from jaxbp.protocols import State
 from jaxbp.quantities._leaves import (
     assemble,
     check_supported,
+    each_leaf,
     has_params,
     leaf_per_example_grads,
     leaf_sq_norms,
@@ -36,24 +37,16 @@ from jaxbp.walk import ByPath, Trace, params_at
 __all__ = ["per_example_grads", "per_example_norms", "grad_variance", "sum_grad_squared"]
 
 
-def _per_leaf(recording: Trace, rule) -> ByPath:
-    """rule(path, layer, params, x_in, delta, residuals) for every leaf with params, by path."""
-    r = recording
-    return ByPath(
-        (p, rule(p, r.layers[p], r.params[p], r.inputs[p], r.deltas[p], r.residuals[p]))
-        for p in r.layers
-        if has_params(r.params[p])
-    )
-
-
 def _scaled(tree: Any, factor: float) -> Any:
     return jax.tree.map(lambda a: a * factor, tree)
 
 
-def _grads_of(model: Any, params: Params, recording: Trace) -> Grads:
-    """g_i for every example, params' structure, each leaf (batch, *param.shape)."""
-    shares = _per_leaf(recording, leaf_per_example_grads)
-    tree = assemble(model, params, recording, shares, recording.dy_pred, batched=True)
+def _grads_of(model: Any, params: Params, recording: Trace, *, owned: bool) -> Grads:
+    """g_i for every example, params' structure, each leaf (batch, *param.shape); owned: every
+    leaf owns its params (no combinator reads the cotangent for params of its own)."""
+    shares = each_leaf(recording, leaf_per_example_grads)
+    dy = recording.dy_pred
+    tree = assemble(model, params, recording, shares, dy, batched=True, through=not owned)
     return _scaled(tree, recording.batch)
 
 
@@ -69,7 +62,7 @@ def per_example_grads(
     """
     check_supported(model, "per-example gradients")
     recording = record(model, loss, params, x, y, key=key, state=state)
-    return _grads_of(model, params, recording)
+    return _grads_of(model, params, recording, owned=owns_params(model, params, recording))
 
 
 def per_example_norms(
@@ -86,10 +79,10 @@ def per_example_norms(
     recording = record(model, loss, params, x, y, key=key, state=state)
     m = recording.batch
     if owns_params(model, params, recording):
-        squares = ByPath((p, m * m * s) for p, s in _per_leaf(recording, leaf_sq_norms).items())
+        squares = ByPath((p, m * m * s) for p, s in each_leaf(recording, leaf_sq_norms).items())
         total = sum(squares.values(), jnp.zeros((m,), recording.dy_pred.dtype))
     else:  # shared or transformed params: norms of the assembled g_i, over the whole tree
-        g = _grads_of(model, params, recording)
+        g = _grads_of(model, params, recording, owned=False)
         squares = ByPath(
             (p, sq_norms_per_example(params_at(g, p)))
             for p in recording.layers
@@ -111,11 +104,12 @@ def sum_grad_squared(
     recording = record(model, loss, params, x, y, key=key, state=state)
     m = recording.batch
     if not owns_params(model, params, recording):
-        g = _grads_of(model, params, recording)
+        g = _grads_of(model, params, recording, owned=False)
         return jax.tree.map(lambda a: jnp.sum(jnp.square(a), 0), g)
-    shares = _per_leaf(recording, leaf_sum_grad_squared)
+    shares = each_leaf(recording, leaf_sum_grad_squared)
+    dy = recording.dy_pred
     return _scaled(
-        assemble(model, params, recording, shares, recording.dy_pred, batched=False), m * m
+        assemble(model, params, recording, shares, dy, batched=False, through=False), m * m
     )
 
 
@@ -135,10 +129,11 @@ def grad_variance(
     check_supported(model, "the gradient's variance")
     recording = record(model, loss, params, x, y, key=key, state=state)
     if not owns_params(model, params, recording):
-        return jax.tree.map(_variance, _grads_of(model, params, recording))
+        return jax.tree.map(_variance, _grads_of(model, params, recording, owned=False))
     m = recording.batch
-    shares = _per_leaf(recording, leaf_sum_grad_squared)
-    squares = assemble(model, params, recording, shares, recording.dy_pred, batched=False)
+    shares = each_leaf(recording, leaf_sum_grad_squared)
+    dy = recording.dy_pred
+    squares = assemble(model, params, recording, shares, dy, batched=False, through=False)
     return jax.tree.map(
         lambda s, g: jnp.maximum(s * m - jnp.square(g), 0), squares, recording.grads
     )
