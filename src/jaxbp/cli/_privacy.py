@@ -26,8 +26,9 @@ def check_dp(args, model, loss, params, state, train_data) -> str:
         engine = dp_sgd(args.clip_norm, args.noise_multiplier, delta=args.delta)
     (x, y), key = train_data, jax.random.PRNGKey(0)
     options = {"state": state} if jax.tree.leaves(state) else {}
-    # Traced only: a layer that mixes examples (BatchNorm in training) raises here.
-    with bad_input("--grad dp needs per-example gradients", (NotImplementedError, ValueError)):
+    # Traced only: a layer that mixes examples (BatchNorm in training) refuses here; any other
+    # error is not the user's (the model and data were checked already).
+    with bad_input("--grad dp needs per-example gradients", (NotImplementedError,)):
         jax.eval_shape(lambda p: engine(model, loss, p, x[:2], y[:2], key=key, **options), params)
     batch, steps = min(args.batch_size, len(x)), len(x) // min(args.batch_size, len(x))
     with bad_input("--grad dp: the privacy accountant refused the run's settings"):

@@ -15,7 +15,7 @@ import numpy as np
 import optax
 
 from jaxbp import _multihost, datasets, losses
-from jaxbp._fit_setup import validate_data
+from jaxbp._fit_setup import check_arrays, check_labels, output_shape
 from jaxbp._plot import plot_history
 from jaxbp.backprop import autodiff, backprop
 from jaxbp.cli import _run_folder as run_folder
@@ -115,16 +115,22 @@ def train(args: argparse.Namespace) -> int:
 
 def _check_fit(args, model, loss, params, train_data, test_data, n_devices: int) -> None:
     """What fit would refuse about the data, loss and devices, found before any file is written."""
-    with bad_input():  # its messages name the data and what is wrong with it
-        validate_data("the training data", train_data, model, params)
-        validate_data("the test data", test_data, model, params)
+    data = {"the training data": train_data, "the test data": test_data}
+    with bad_input():  # nothing traced: its messages name the data and what is wrong with it
+        for name, pair in data.items():
+            check_arrays(name, pair, model)
+    # Not bad input if it fails: the model was built for this data's shape and type.
+    outs = {name: output_shape(model, params, pair[0]) for name, pair in data.items()}
+    with bad_input():
+        for name, pair in data.items():
+            check_labels(name, pair[1], outs[name])
     x, y = train_data
     batch = min(args.batch_size, len(x))
-    try:
-        key = jax.random.PRNGKey(0)  # a stand-in: Dropout needs one to trace
-        out = jax.eval_shape(lambda p: model.apply(p, x[:batch], key=key), params)
-        jax.eval_shape(lambda p: loss.apply(model.apply(p, x[:batch], key=key), y[:batch]), params)
-    except (ValueError, TypeError) as error:  # the model, loss and data do not fit together
+    full = outs["the training data"]
+    out = jax.ShapeDtypeStruct((batch, *full.shape[1:]), full.dtype)
+    try:  # the loss against these labels: only its own refusal is the user's choice of loss
+        jax.eval_shape(loss.apply, out, y[:batch])
+    except (ValueError, TypeError) as error:
         hint = ""
         if np.issubdtype(np.asarray(y).dtype, np.integer):
             hint = f"; {args.dataset} has integer class labels: use softmax_cross_entropy"

@@ -146,12 +146,13 @@ def _lecun(rng, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def _targets(loss: Any, extra: str | None, rng, shape: tuple[int, int]) -> np.ndarray:
-    from jaxbp import losses
-
-    if loss is losses.softmax_cross_entropy and extra != "probs":
+    """Targets the loss takes (its own `targets`): class labels, probability rows (extra
+    "probs"), or uniform floats in [0, 1], which every other loss here accepts."""
+    kind = "probs" if extra == "probs" else getattr(loss, "targets", "normal")
+    if kind == "labels":
         return rng.integers(0, shape[1], size=shape[0])
     y = rng.uniform(size=shape)
-    return y / y.sum(axis=1, keepdims=True) if extra == "probs" else y
+    return y / y.sum(axis=1, keepdims=True) if kind == "probs" else y
 
 
 def _check_target(args: argparse.Namespace, options: dict):
