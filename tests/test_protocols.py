@@ -130,5 +130,5 @@ def test_protocol_adapters_default_to_the_safe_answer():
             return (), dy
 
     assert not protocols.examples_independent(Bare()) and not protocols.is_combinator(Bare())
-    assert jaxbp.walk.init_state(Bare(), ()) == ()
+    assert L.init_state(Bare(), ()) == ()
     assert not protocols.params_disjoint(Bare())

@@ -17,6 +17,7 @@ from conftest import rel_error
 from jaxbp import layers as L
 from jaxbp import losses
 from jaxbp._compat import enable_x64
+from jaxbp.layers import init_state
 from jaxbp.protocols import forward_state
 from jaxbp.quantities import (
     first_order,
@@ -32,7 +33,7 @@ from jaxbp.quantities._leaves import (
     record,
 )
 from jaxbp.signals import params_at
-from jaxbp.walk import init_state, leaves
+from jaxbp.walk import leaves
 
 RTOL = 1e-10
 CAUGHT = 1e-3  # a planted error must move the result by at least this much

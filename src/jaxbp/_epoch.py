@@ -15,6 +15,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxbp import _fit_setup as setup  # the engine for grad=, accuracy scoring
 from jaxbp import _sampling
 from jaxbp._shuffle import permutation
+from jaxbp._state import refuse_dropped_state
 from jaxbp.layers.mode import eval_mode
 from jaxbp.protocols import forward_state
 
@@ -59,7 +60,7 @@ def make_step(
     def step(params, opt_state, x, y, *, key=None, state=None):
         options = {} if key is None else {"key": key}
         if state is None:
-            setup.refuse_dropped_state("make_step", model, params, remedy)
+            refuse_dropped_state("make_step", model, params, remedy)
             value, grads = engine(model, loss, params, x, y, **options)
         else:
             value, grads, state = engine(model, loss, params, x, y, state=state, **options)
@@ -100,7 +101,7 @@ def make_epoch(
     )
 
     def stateless(params, opt_state, x, y, key):
-        setup.refuse_dropped_state("make_epoch", model, params, remedy)
+        refuse_dropped_state("make_epoch", model, params, remedy)
         params, _, opt_state, value = epoch(params, (), opt_state, x, y, key)
         return params, opt_state, value
 

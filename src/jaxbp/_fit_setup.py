@@ -11,11 +11,12 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxbp import _multihost
+from jaxbp._state import init_state
 from jaxbp._types import Array
 from jaxbp.backprop import autodiff, backprop
 from jaxbp.layers.mode import eval_mode
 from jaxbp.protocols import forward_state
-from jaxbp.walk import init_state, leaves, path_str, stateful
+from jaxbp.walk import leaves
 
 ENGINES: dict[str, Callable] = {"backprop": backprop, "autodiff": autodiff}
 
@@ -93,15 +94,6 @@ def check_labels(name: str, y, out) -> None:
                 f"{name}: labels span [{low}, {high}] but the model has {k} outputs "
                 f"(classes 0..{k - 1})"
             )
-
-
-def refuse_dropped_state(caller: str, model, params, remedy: str) -> None:
-    """A model that keeps state must be given it: a program without it would drop the updates
-    (BatchNorm's running statistics) without a word. Shapes only: runs inside a trace."""
-    if not jax.tree.leaves(jax.eval_shape(lambda p: init_state(model, p), params)):
-        return
-    where = ", ".join(f"layer {path_str(path)} {layer!r}" for path, layer in stateful(model))
-    raise ValueError(f"{caller}: the model keeps state ({where}), which would be lost: {remedy}")
 
 
 def mesh_for(devices, batch_size: int) -> Mesh | None:

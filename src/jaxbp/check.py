@@ -74,8 +74,9 @@ from jaxbp._check_report import (
     summary_table,
 )
 from jaxbp._compat import enable_x64
+from jaxbp._state import init_state
 from jaxbp._types import Array, Params, PRNGKey, Shape
-from jaxbp.walk import init_state, leaves, nodes, path_str
+from jaxbp.walk import leaves, nodes, path_str
 
 __all__ = [
     "check_vjp", "check_layer", "check_loss", "check_backprop", "CheckReport", "Row",

@@ -32,6 +32,7 @@ from jaxbp import _fit_setup as setup  # argument checks, eval scoring, device p
 from jaxbp import _multihost, checkpoint
 from jaxbp._epoch import compile_eval, epoch_program, make_epoch, make_step
 from jaxbp._progress import Progress
+from jaxbp._state import refuse_dropped_state
 from jaxbp._types import Array, Params, PRNGKey
 from jaxbp.protocols import State
 
@@ -100,7 +101,7 @@ def fit(
     if not stateful:
         remedy = "pass state=jaxbp.layers.init_state(model, params); fit then returns "
         remedy += "(params, state, history)"
-        setup.refuse_dropped_state("fit", model, params, remedy)
+        refuse_dropped_state("fit", model, params, remedy)
     x, y = setup.validate_data("train_data", train_data, model, params)
     if eval_data is not None:
         setup.validate_data("eval_data", eval_data, model, params)

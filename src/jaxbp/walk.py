@@ -1,16 +1,12 @@
 """The walk, once: paths, the traversal of a model's layers, the two sweeps and their driver.
 
-A path names exactly one leaf layer (a layer that is not a combinator): its place in the params
-tree, (3, 0, 1) being params[3][0][1]. Combinators are never addressed. Residual and Tied add no
-step, so `serial(Dense(6), Residual(Dense(6)))` has leaves at (0,) and (1,), and the rule, the
-signal, the check row or the quantity at (1,) is the inner Dense's, never the Residual's: the
-Residual's own backward (the skip's dx + dy) always runs. `children` checks that a combinator's
-steps are distinct and none a prefix of another, so no two leaves share a path at any depth.
-
-`trace` is the driver that backprop, signals, feedback engines and the quantities share: the
-forward sweep (each leaf's input and output recorded on request), the loss and its rule, then
-the reverse sweep (each leaf's delta dC/d(output), params and residuals recorded; a replacement
-rule, when one is named for a leaf's path, runs in place of that leaf's backward).
+A path names one leaf layer (not a combinator) by its place in the params tree: (3, 0, 1) is
+params[3][0][1]. Residual and Tied add no step, so in `serial(Dense(6), Residual(Dense(6)))`
+(1,) names the inner Dense, never the Residual, whose own backward (dx + dy) always runs;
+`children` refuses steps that overlap, so no two leaves share a path at any depth. `trace` is
+the driver backprop, signals, feedback engines and the quantities share: the forward sweep, the
+loss and its rule, the reverse sweep, each leaf's signals recorded on request and its backward
+replaced where a rule names its path.
 """
 
 from __future__ import annotations
@@ -27,7 +23,7 @@ from jaxbp.protocols import State, forward_state, is_combinator, params_disjoint
 
 __all__ = [
     "Path", "Rule", "as_path", "path_str", "children", "nodes", "leaves", "layer_at", "map_layers",
-    "stateful", "init_state", "params_at", "disjoint", "ByPath", "Sweep", "sweep_forward",
+    "params_at", "disjoint", "ByPath", "Sweep", "sweep_forward",
     "sweep_backward", "blame", "reverse", "Trace", "trace",
 ]  # fmt: skip
 
@@ -101,27 +97,6 @@ def map_layers(fn: Callable[[Any], Any], layer: Any) -> Any:
     if is_combinator(layer):
         layer = layer.with_sublayers(tuple(map_layers(fn, c) for _, c in children(layer)))
     return fn(layer)
-
-
-def stateful(model: Any) -> list[tuple[Path, Any]]:
-    """(path, layer) for every leaf layer that keeps state (has init_state), in forward order."""
-    return [(p, one) for p, one in leaves(model) if callable(getattr(one, "init_state", None))]
-
-
-def init_state(layer: Any, params: Params) -> State:
-    """layer.init_state(params), or () for a layer that keeps no state. A combinator without
-    init_state around a layer that keeps state raises: its state would be lost."""
-    method = getattr(layer, "init_state", None)
-    if method is not None:
-        return method(params)
-    kept = stateful(layer) if is_combinator(layer) else []
-    if kept:
-        raise TypeError(
-            f"{layer!r:.80} holds layers that keep state ({', '.join(path_str(p) for p, _ in kept)}"
-            " inside it) but has no init_state: define init_state(params) and thread the state "
-            "through walk_forward, or it would be lost"
-        )
-    return ()
 
 
 def params_at(params: Params, path: Path) -> Params:
@@ -230,9 +205,7 @@ def _once(seen, path: Path, layer: Any, sweep: str) -> None:
 @contextlib.contextmanager
 def blame(path: Path, layer: Any) -> Iterator[None]:
     """Prefix a ValueError, TypeError or NotImplementedError raised inside a layer with its
-    path: 'layer [3][0] Dense(...)'. An error a deeper level prefixed keeps its longer path; a
-    message that starts with the layer's repr does not repeat it; the model (path ()) adds
-    nothing."""
+    path, 'layer [3][0] Dense(...)', once (the deepest); the model (path ()) adds nothing."""
     try:
         yield
     except (ValueError, TypeError, NotImplementedError) as error:
@@ -274,9 +247,7 @@ def reverse(
     out = sweep_backward(model, params, tree, dy, (), sweep)
     missed = [path_str(p) for p in sweep.rules if p not in sweep.ran]
     if missed:
-        raise ValueError(
-            f"rules for layers {', '.join(missed)} never ran: no backward reached them"
-        )
+        raise ValueError(f"rules for layers {', '.join(missed)} never ran: no backward reached")
     return out
 
 

@@ -11,6 +11,7 @@ replacement rules, check reports and quantities name layers that way: `layer [3]
 
 from __future__ import annotations
 
+from jaxbp._state import init_state
 from jaxbp.layers.activations import (
     ACTIVATIONS,
     Elu,
@@ -53,7 +54,6 @@ from jaxbp.layers.recurrent import GRU, LSTM, RNN
 from jaxbp.layers.reshape import Flatten
 from jaxbp.layers.tied import Tied
 from jaxbp.protocols import Layer, forward_state
-from jaxbp.walk import init_state
 
 __all__ = [
     "Layer", "Dense", "Sigmoid", "Tanh", "Relu", "LeakyRelu", "Elu", "Gelu", "Softplus", "Silu",

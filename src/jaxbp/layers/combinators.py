@@ -13,12 +13,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from jaxbp._state import init_state
 from jaxbp.protocols import Combinator
 from jaxbp.walk import (
     Path,
     Sweep,
     blame,
-    init_state,
     path_str,
     sweep_backward,
     sweep_forward,

@@ -7,6 +7,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from jaxbp._state import init_state
 from jaxbp._types import Params, PRNGKey, Shape
 from jaxbp.layers._base import describe
 from jaxbp.layers.combinators import CombinatorBase, check_layers
@@ -15,7 +16,6 @@ from jaxbp.layers.embedding import Embedding
 from jaxbp.walk import (
     Path,
     as_path,
-    init_state,
     leaves,
     path_str,
     sweep_backward,
