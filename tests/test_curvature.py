@@ -261,9 +261,12 @@ def _theta_ggn(model, loss, params, x, y, to_theta, from_theta):
     return J.T @ H @ J
 
 
+@pytest.mark.parametrize("copies", [1, 4])
 @pytest.mark.parametrize("kind", ["dense", "conv"])
-def test_kfac_is_the_exact_ggn_block_for_one_example(kind, x64):
-    """One example at one position: A (x) G is the GGN block of [W; b] exactly (a Conv whose
+def test_kfac_is_the_exact_ggn_block_for_one_example(kind, copies, x64):
+    """One example at one position, alone or as a batch of 4 copies of it: A (x) G is the GGN
+    block of [W; b] of C = mean L exactly. With copies this pins G's scale: G is the mean
+    per-example GGN at the layer's output (C's 1/m once), not a sum and not 1/m^2 (a Conv whose
     VALID kernel covers the input has one position: its patch ordering is checked too)."""
     if kind == "dense":
         layer, in_shape = L.Dense(3), (4,)
@@ -271,6 +274,7 @@ def test_kfac_is_the_exact_ggn_block_for_one_example(kind, x64):
         layer, in_shape = L.Conv(3, (2, 3), padding="VALID"), (2, 3, 2)
     model = L.serial(layer, L.Flatten()) if kind == "conv" else layer
     params, x, y = _problem(model, in_shape, 1, 3, CE)
+    x, y = jnp.repeat(x, copies, axis=0), jnp.repeat(y, copies, axis=0)
     W_path = (0,) if kind == "conv" else ()
     p0 = params[0] if kind == "conv" else params
     F = p0["W"].shape[-1]
@@ -295,6 +299,22 @@ def test_kfac_is_the_exact_ggn_block_for_one_example(kind, x64):
     assert rel_error(jnp.kron(factors["A"], factors["G"]), exact) <= RTOL
     # 4,000 draws: the Monte Carlo G's relative error is O(1/sqrt(4000)) = 0.016; 0.1 is ~6x.
     assert rel_error(mc["G"], factors["G"]) < 0.1 and rel_error(mc["A"], factors["A"]) <= RTOL
+
+
+def test_kfac_g_is_the_mean_per_example_ggn_of_distinct_examples(x64):
+    """G's scale in NumPy, with examples that differ: for a lone Dense layer under softmax
+    cross-entropy, J_i = I, so G = (1/m) sum_i (diag p_i - p_i p_i^T) and A = (1/m) sum_i
+    [x_i; 1][x_i; 1]^T, p_i = softmax(W^T x_i + b)."""
+    model = L.Dense(3)
+    params, x, y = _problem(model, (4,), 5, 3, CE)
+    got = _jit(lambda p: kfac_factors(model, CE, p, x, y)[()], params)
+    xn = np.asarray(x)
+    z = xn @ np.asarray(params["W"]) + np.asarray(params["b"])
+    p = np.exp(z - z.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    G = np.mean([np.diag(q) - np.outer(q, q) for q in p], axis=0)
+    a = np.concatenate([xn, np.ones((len(xn), 1))], axis=1)
+    assert rel_error(got["G"], G) <= RTOL and rel_error(got["A"], a.T @ a / len(a)) <= RTOL
 
 
 def test_kfac_factors_of_a_cnn_by_path_and_conv_patches(x64):
