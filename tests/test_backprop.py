@@ -64,21 +64,35 @@ def test_backprop_matches_jax_grad_float32_eager(act, key):
     assert grads[0]["W"].dtype == jnp.float32
 
 
-def test_per_example_gradients_are_vmap_of_backprop(key, x64):
-    model, loss, params, x, y = _problem(3, "tanh", "softmax_cross_entropy", key, jnp.float64)
+# Every activation once, the losses and depths in turn: vmap of backprop over single examples.
+PER_EXAMPLE = [
+    (depth, act, loss)
+    for act, loss, depth in zip(
+        ACTIVATIONS, itertools.cycle(LOSS_CASES), itertools.cycle([3, 1, 2, 4])
+    )
+]
 
-    def one(xi, yi):
-        return jaxbp.backprop(model, loss, params, xi[None], yi[None])
 
-    values, grads = jax.jit(jax.vmap(one))(x, y)
-    assert values.shape == (5,) and grads[0]["W"].shape == (5, 6, 4)
-    for i in range(5):
-        ref_value, ref_grads = jaxbp.autodiff(model, loss, params, x[i : i + 1], y[i : i + 1])
-        assert_trees_close(
-            jax.tree.map(lambda g, i=i: g[i], grads), ref_grads, rtol=1e-10, what=f"example {i}"
+@pytest.mark.parametrize("depth, act, loss_name", PER_EXAMPLE)
+def test_per_example_gradients_are_vmap_of_backprop(depth, act, loss_name, key, x64):
+    """vmap of backprop on one example at a time against vmap of jax.grad (the referee), and
+    their mean against backprop on the batch: float64, a chain of up to 8 rules, 1e-10."""
+    model, loss, params, x, y = _problem(depth, act, loss_name, key, jnp.float64)
+
+    def one(engine):
+        return lambda xi, yi: engine(model, loss, params, xi[None], yi[None])
+
+    (values, grads), (ref_values, ref_grads), (_, batch) = jax.jit(
+        lambda: (
+            jax.vmap(one(jaxbp.backprop))(x, y),
+            jax.vmap(one(jaxbp.autodiff))(x, y),
+            jaxbp.backprop(model, loss, params, x, y),
         )
-    # The batch gradient is the mean of the per-example ones.
-    _, batch = jaxbp.backprop(model, loss, params, x, y)
+    )()
+    assert values.shape == (5,) and grads[0]["W"].shape == (5, *params[0]["W"].shape)
+    assert_trees_close(values, ref_values, rtol=1e-12, what="per-example costs")
+    assert_trees_close(grads, ref_grads, rtol=1e-10, what="per-example grads")
+    # The batch gradient is the mean of the per-example ones (5 terms in float64).
     assert_trees_close(jax.tree.map(lambda g: g.mean(0), grads), batch, rtol=1e-12, what="mean")
 
 
