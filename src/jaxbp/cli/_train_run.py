@@ -178,9 +178,15 @@ def _config(args, **resolved) -> dict:
     return given | resolved
 
 
+# float32: the two sweeps sum the same products in other orders, which moves the whole
+# gradient by a few ulps (~1e-7 relative); a wrong rule moves it by far more. 1e-4 is ~800 ulps.
+GRADIENT_CHECK_BOUND = 1e-4
+
+
 def _report_gradient_check(model, loss, params, x, y, **options) -> None:
     """backprop against jax.grad on one batch, relative to the whole gradient's norm (a bias
-    just before a BatchNorm has a gradient of exactly zero, of which both give only noise)."""
+    just before a BatchNorm has a gradient of exactly zero, of which both give only noise); above
+    GRADIENT_CHECK_BOUND a warning on stderr says a rule disagrees, and training goes on."""
     bp = jax.jit(lambda p: backprop(model, loss, p, x, y, **options)[1])(params)
     ad = jax.jit(lambda p: autodiff(model, loss, p, x, y, **options)[1])(params)
     flat = [jnp.concatenate([g.ravel() for g in jax.tree.leaves(t)]) for t in (bp, ad)]
@@ -189,6 +195,13 @@ def _report_gradient_check(model, loss, params, x, y, **options) -> None:
         "gradient check on the first batch: backprop vs jax.grad, "
         f"relative error {error:.1e} (float32)"
     )
+    if not error <= GRADIENT_CHECK_BOUND:  # NaN included
+        print(
+            f"warning: backprop and jax.grad disagree on the first batch (relative error "
+            f"{error:.1e} > {GRADIENT_CHECK_BOUND:.0e}): a backward rule is wrong; "
+            "`jaxbp check` tests each rule",
+            file=sys.stderr,
+        )
 
 
 def _model(args, outputs: int):

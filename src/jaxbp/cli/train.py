@@ -1,8 +1,9 @@
 """Train an MLP or a preset network with backprop on a bundled or user dataset (~97% on digits),
 or a character model (--model gpt or lstm) on the bundled surnames.
 
-Before training, backprop's gradient on the first batch is checked against jax.grad. Into --out
-go config.json (the settings, defaults resolved), metrics.jsonl (one JSON object per epoch),
+Before training, backprop's gradient on the first batch is checked against jax.grad: its relative
+error is printed, and above 1e-4 a warning says a backward rule is wrong. Into --out go
+config.json (the settings, defaults resolved), metrics.jsonl (one JSON object per epoch),
 checkpoint.npz (every --checkpoint-every epochs, at the end, and at the last good epoch when the
 loss turns NaN or inf) and plot.png. One run at a time writes a folder: another one stops at once.
 --resume continues from the checkpoint with the same settings; a run that has trained all its
