@@ -177,3 +177,18 @@ test accuracy 96.1%"""
 )  # fmt: skip
 def test_the_comparison_allows_rounding_and_nothing_else(change, passes):
     assert (differences(SWISH.replace(*change, 1), SWISH) == []) == passes
+
+
+def test_the_readmes_swish_with_its_fix_passes_every_row():
+    """The README says that with `dy * (s + params["b"] * x * ds)` every row passes: its own
+    Swish block, with that one change, checked at five seeds."""
+    (block,) = [b for b in BLOCKS if "class Swish" in b.source]
+    wrong = "dy * (s + x * ds)"
+    assert block.source.count(wrong) == 1 and "print(check_layer(Swish(), (4,)))" in block.source
+    fixed = block.source.replace(wrong, 'dy * (s + params["b"] * x * ds)')
+    fixed = fixed.replace("print(check_layer(Swish(), (4,)))", "")
+    namespace: dict = {"__name__": "readme_swish"}
+    exec(compile(fixed, "README", "exec"), namespace)
+    for seed in range(5):
+        report = namespace["check_layer"](namespace["Swish"](), (4,), key=seed)
+        assert report.ok, report
