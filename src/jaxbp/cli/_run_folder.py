@@ -63,8 +63,8 @@ def prepare_out(args, config: dict) -> int:
         checkpoint.atomic_write(
             out / "config.json", lambda f: f.write(json.dumps(config, indent=2).encode())
         )
-        if args.overwrite:
-            for name in (CHECKPOINT_NAME, "metrics.jsonl", "plot.png"):
+        if args.overwrite:  # every file a run writes (baselines.json: a character model's)
+            for name in (CHECKPOINT_NAME, "metrics.jsonl", "plot.png", "baselines.json"):
                 (out / name).unlink(missing_ok=True)
     return start
 
