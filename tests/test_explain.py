@@ -64,6 +64,7 @@ def test_explain_prints_every_factor_and_agrees_with_jax_grad(capsys):
     assert f"dC/dw11 = mean = {dw11:+.10f}" in out
     assert "y' - y" in out and "drops that minus sign" in out
     rows = [line.split() for line in out.splitlines() if line.split()[:1] in (["v1"], ["w11"])]
+    assert [row[0] for row in rows] == ["w11", "v1"]  # the table's two rows, each checked below
     for name, by_hand, bp, grad, err in rows:
         assert float(bp) == pytest.approx(float(grad), rel=1e-12), name
         assert float(by_hand) == pytest.approx(float(bp), rel=1e-12), name
@@ -205,9 +206,12 @@ def test_custom_model_shows_every_unit_and_edge_as_jax_grad_has_them(tmp_path, x
     units = {"z[0]": z0, "o[0]": o0, "z[1]": z1, "o[1]": z1, "dy": z1 - y[1]}
     units |= {"fprime[0]": jax.vmap(jax.grad(jnp.tanh))(z0), "fprime[1]": jnp.ones(2)}
     units |= {"delta[0]": g[0]["b"], "delta[1]": g[2]["b"]}  # dL/dz = dL/db
+    shown = 0
     for name, values in units.items():
         for j, value in enumerate(values):
             _assert_shows(labels, f"{name}[{j}]", value)
+            shown += 1
+    assert shown == 4 * 4 + 2 * 5  # hidden (4 units): z, o, f', delta; output (2): those and dy
     edges = 0
     for layer, key in ((0, 0), (1, 2)):
         for (i, j), w in np.ndenumerate(np.asarray(params[key]["W"])):
@@ -303,7 +307,11 @@ def test_readme_shows_the_committed_picture_and_the_command_that_makes_it():
 @pytest.mark.parametrize("model", [None, "2,3,1:tanh:sigmoid", "3,4,2:tanh", "2,3,2,1:relu"])
 def test_the_equations_drawn_are_true(model):
     """Each chain's factors multiply to the gradient backprop gives on the example drawn."""
-    for chain in chains(picture_numbers(model, seed=1, example=3)):
+    drawn = chains(picture_numbers(model, seed=1, example=3))
+    assert [chain.name for chain in drawn] == ["v1", "w11"]
+    for chain in drawn:
+        # dC/dv1 has at least dL/dy', f' and o1 as factors; one product per example of 4
+        assert len(chain.factors) >= 3 and len(chain.per_example) == 4, chain.name
         product = math.prod(f.value for f in chain.factors)
         assert product == pytest.approx(chain.product, rel=1e-12, abs=1e-15), chain.name
         assert np.mean(chain.per_example) == pytest.approx(chain.batch, rel=1e-12, abs=1e-15)
