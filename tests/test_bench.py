@@ -9,6 +9,7 @@ import math
 import re
 import sys
 import time
+import types
 from pathlib import Path
 
 import jax
@@ -17,7 +18,7 @@ import pytest
 from _torch_peers import Positions, assert_leaves_close, peer, to_float64
 
 from jaxbp import backprop, bench
-from jaxbp.bench import _report, peers, vision
+from jaxbp.bench import _report, _timing, peers, vision
 from jaxbp.bench._report import verdict
 from jaxbp.bench._timing import interleaved, median_ci, ratio
 from jaxbp.bench.vision import VisionConfig
@@ -149,15 +150,19 @@ def test_interleaved_and_median_ci_refuse_empty_input():
         median_ci(np.array([]))
 
 
-def test_interleaved_settles_each_sample_with_untimed_calls_to_the_same_fn():
+def test_interleaved_settles_each_sample_with_untimed_calls_to_the_same_fn(monkeypatch):
+    tick = 2.0**-10  # a fake clock that moves one tick per reading: exact in binary, no drift
+    readings = itertools.count()
+    clock = types.SimpleNamespace(perf_counter=lambda: next(readings) * tick)
+    monkeypatch.setattr(_timing, "time", clock)
     log = []
     fns = {k: (lambda k=k: log.append(k)) for k in "ab"}
-    t = interleaved(fns, reps=2, warmup=0, min_sample=0, settle=0.01)
-    n = len(t["a"])
-    # after one calibration call each, every sample is a run of untimed calls then the timed one
-    assert all(log.count(k) >= 2 * n + 1 for k in "ab")
-    runs = [len(list(g)) for _, g in itertools.groupby(log[2:])]
-    assert len(runs) <= 2 * n and all(r >= 2 for r in runs)
+    t = interleaved(fns, reps=2, warmup=0, min_sample=0, settle=8 * tick)
+    # One calibration call each; then per sample, in rotation and reverse (ab, ba, ba, ab), the
+    # clock read 7 times below the settle's end (7 untimed calls) and the timed call, 1 tick.
+    order = "ab" + "ba" + "ba" + "ab"
+    assert "".join(log) == "ab" + "".join(k * 8 for k in order)
+    assert {k: list(v) for k, v in t.items()} == {"a": [tick] * 4, "b": [tick] * 4}
 
 
 TINY_CNN = VisionConfig(

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _torch_peers import Positions, assert_leaves_close, peer, to_float64
 from jax.flatten_util import ravel_pytree
 
 import jaxbp.bench
@@ -91,8 +92,7 @@ def test_the_vmap_dp_reference_clips_each_example_and_adds_the_noise_asked(x64):
 
 def test_jaxbp_quantities_agree_with_the_references_they_are_timed_against(x64):
     fns = {n: quantities.jaxbp_function(n) for n in ("per_example_norms", "diag_ggn")}
-    if None in fns.values():
-        pytest.skip("jaxbp.quantities is not complete yet")
+    assert None not in fns.values(), f"jaxbp.quantities lacks {fns}"
     model, loss, params, x, y, _ = _f64(TINY_CNN)
     refs = reference.functions(model, loss)
 
@@ -105,28 +105,83 @@ def test_jaxbp_quantities_agree_with_the_references_they_are_timed_against(x64):
         np.testing.assert_allclose(ours, ref, rtol=1e-10, atol=1e-14)
 
 
-def test_the_torch_peer_is_jaxbps_function_and_backpack_its_norms():
-    pytest.importorskip("torch")
-    pytest.importorskip("backpack")
-    import torch
-
+def _peer_problem(config):
+    """The problem with float32 values held in float64, and its torch network in float64."""
     from jaxbp.bench import torch_quantities as tq
 
-    model, loss, params, x, y, shape = quantities.problem(TINY_CNN)
-    net = tq.network(model, params, shape)
-    assert not any(type(m).__name__ == "_ChannelsLastFlatten" for m in net.modules())
+    model, loss, params, x, y, shape = quantities.problem(config)
+    params, x = to_float64((params, x))
+    net = tq.network(model, params, shape).double()
     xt, yt = tq.inputs(x, y)
-    # float32 on both sides, a few sums of O(1) terms: agreement to ~1e-6
-    np.testing.assert_allclose(net(xt).detach().numpy(), model.apply(params, x), atol=1e-5)
-    import backpack
+    return model, loss, params, x, y, net, xt.double(), yt, lambda p: tq.network(model, p, shape)
 
+
+# float64 on both sides from the same float32 values: they differ only in the order of their
+# sums, ~1e-16 per operation over reductions of at most a few hundred terms; 1e-10 relative (per
+# leaf, in norm) is far above that and far below any real difference.
+RTOL = 1e-10
+
+
+def test_the_torch_network_is_jaxbps_function_and_backpack_its_quantities(x64):
+    torch = peer("torch")
+    backpack = peer("backpack")
+    from backpack import extensions as e
+
+    model, loss, params, x, y, net, xt, yt, build = _peer_problem(TINY_CNN)
+    assert not any(type(m).__name__ == "_ChannelsLastFlatten" for m in net.modules())
+    ours = model.apply(params, x)
+    theirs = net(xt).detach().numpy()
+    np.testing.assert_allclose(theirs, ours, rtol=RTOL, atol=RTOL * abs(ours).max())
     net = backpack.extend(net)
-    with backpack.backpack(backpack.extensions.BatchL2Grad()):
+    with backpack.backpack(
+        e.BatchGrad(), e.BatchL2Grad(), e.Variance(), e.SumGradSquared(), e.DiagGGNExact()
+    ):
         backpack.extend(torch.nn.CrossEntropyLoss())(net(xt), yt).backward()
-    # BackPACK's per-example gradients are of the mean loss: g_i / m
-    squares = sum(p.batch_l2 for p in net.parameters()).numpy() * len(x) ** 2
-    norms = reference.functions(model, loss)["vmap(grad) norms"](params, x, y)
-    np.testing.assert_allclose(np.sqrt(squares), norms, rtol=1e-4)
+    m, where = len(x), Positions(build, params)
+    theirs = lambda field, scale, lead=(): where.tree(  # noqa: E731
+        [getattr(p, field).detach().numpy() * scale for p in net.parameters()], lead
+    )
+    # BackPACK's are of the mean loss C: its per-example gradients are g_i / m, so its squares
+    # carry 1/m^2, and its Variance is sgs/m - (grad C/m)^2 = (mean g_i^2 - (grad C)^2) / m^2.
+    import jaxbp.quantities as q
+
+    for name, field, scale, lead in [
+        ("per_example_grads", "grad_batch", m, (m,)), ("diag_ggn", "diag_ggn_exact", 1, ()),
+        ("sum_grad_squared", "sum_grad_squared", m * m, ()),
+        ("grad_variance", "variance", m * m, ()),
+    ]:  # fmt: skip
+        ours = getattr(q, name)(model, loss, params, x, y)
+        assert_leaves_close(theirs(field, scale, lead), ours, rtol=RTOL, what=name)
+    squares = sum(p.batch_l2.detach().numpy() for p in net.parameters()) * m * m
+    norms = q.per_example_norms(model, loss, params, x, y)
+    np.testing.assert_allclose(np.sqrt(squares), norms, rtol=RTOL)
+
+
+@pytest.mark.parametrize("config", [TINY, TINY_CNN], ids=["mlp", "cnn"])
+@pytest.mark.parametrize("mode", ["hooks", "ghost"])
+def test_opacus_takes_jaxbps_dp_sgd_step(config, mode, x64):
+    peer("torch")
+    peer("opacus")
+    from jaxbp.bench import torch_quantities as tq
+    from jaxbp.quantities import dp_sgd
+
+    model, loss, params, x, y, net, xt, yt, build = _peer_problem(config)
+    norms = np.sort(np.asarray(reference.functions(model, loss)["vmap(grad) norms"](params, x, y)))
+    clip = float(norms[len(norms) // 2 - 1] + norms[len(norms) // 2]) / 2  # some clipped, some not
+    # lr 1: the step is -grads, read back as before - after at a loss of ~1e-16 ||p|| / ||step||
+    step = tq._opacus(net, xt, yt, clip, 0.0, 1.0, mode == "ghost")
+    before = [p.detach().clone() for p in step.net.parameters()]
+    step()
+    steps = [(b - p.detach()).numpy() for b, p in zip(before, step.net.parameters())]
+    # Opacus clips by C / (||g_i|| + 1e-6), jaxbp by C / max(||g_i||, C): weights of Opacus's
+    # factor over jaxbp's make jaxbp's step Opacus's, exactly.
+    engine = dp_sgd(clip, 0.0, delta=None)
+    g = np.asarray(engine.with_stats(model, loss, params, x, y)[2]["norms"])
+    assert (g > clip).any() and (g < clip).any()
+    weights = np.minimum(1, clip / (g + 1e-6)) / np.minimum(1, clip / g)
+    _, grads = engine(model, loss, params, x, y, weights=weights)
+    theirs = Positions(build, params).tree(steps)
+    assert_leaves_close(theirs, grads, rtol=RTOL, what=f"Opacus {mode}")
 
 
 @pytest.fixture(scope="module")
@@ -146,8 +201,8 @@ def test_a_quick_run_reports_every_row_timed_or_why_not(dp_run):
     dp = group["rows"][1]
     assert dp["s"] > 0 and dp["over_base"]["median"] > 0
     assert dp["reference"]["over_jaxbp"]["median"] > 0 and np.isfinite(dp["noise_share"])
-    for peer, entry in dp["peers"].items():  # timed with its ratios, or said why not
-        assert ("over_jaxbp" in entry and group["memory_bytes"][peer] >= 0) != ("missing" in entry)
+    for name, entry in dp["peers"].items():  # timed with its ratios, or said why not
+        assert ("over_jaxbp" in entry and group["memory_bytes"][name] >= 0) != ("missing" in entry)
     assert all(group["memory_bytes"][n] > 0 for n in ("sgd step", "dp_sgd step"))
     table = quantities.to_markdown(
         {"environment": jaxbp.bench.environment(), "quick": True, "configs": {"tiny": result}}

@@ -162,6 +162,7 @@ def _opacus(net, x, y, clip_norm, noise_multiplier, lr, ghost: bool) -> Callable
         opt.step()
         opt.zero_grad(set_to_none=True)
 
+    call.net = net  # the network it steps, for a test to read back
     return call
 
 
