@@ -55,19 +55,81 @@ def test_feedback_rule_with_B_equal_W_is_backprop(x64):
     assert_trees_close((value, grads), (ref_value, ref_grads), rtol=1e-12, what="B = W")
 
 
+def _np_feedback_alignment(params, x, y, B):
+    """FA on _problem's tanh MLP [Dense 0, Tanh 1, Dense 2, Tanh 3, Dense 4] by hand, in NumPy
+    float64: (C, grads, {layer: delta at its output}). e = dC/dz_4 for the mean cross-entropy;
+    below Dense k the delta is delta_k B_k^T (W_k^T in backprop), times tanh' = 1 - tanh^2 on
+    the way through Tanh; dW_k = input_k^T delta_k, db_k = sum over the batch of delta_k."""
+    W = {k: np.asarray(params[k]["W"]) for k in (0, 2, 4)}
+    b = {k: np.asarray(params[k]["b"]) for k in (0, 2, 4)}
+    x, y = np.asarray(x), np.asarray(y)
+    a1 = np.tanh(x @ W[0] + b[0])
+    a3 = np.tanh(a1 @ W[2] + b[2])
+    z4 = a3 @ W[4] + b[4]
+    log_p = z4 - z4.max(1, keepdims=True)
+    log_p -= np.log(np.exp(log_p).sum(1, keepdims=True))
+    onehot = np.eye(z4.shape[1])[y]
+    value = -np.sum(onehot * log_p) / len(y)
+    deltas = {4: (np.exp(log_p) - onehot) / len(y)}
+    deltas[3] = deltas[4] @ B[4].T
+    deltas[2] = deltas[3] * (1 - a3**2)
+    deltas[1] = deltas[2] @ B[2].T
+    deltas[0] = deltas[1] * (1 - a1**2)
+    inputs = {0: x, 2: a1, 4: a3}
+    grads = tuple(
+        {"W": inputs[k].T @ deltas[k], "b": deltas[k].sum(0)} if k in W else () for k in range(5)
+    )
+    return value, grads, deltas
+
+
 def test_fa_sends_deltas_back_through_B_and_differs_only_below_the_top(x64):
     model, params, x, y = _problem()
     fa = feedback_alignment(model, params, key=KEY)
     value, grads, signals = jax.jit(lambda p: fa.with_signals(model, LOSS, p, x, y))(params)
-    signals, B = jax.tree.map(np.asarray, (signals, fa.feedback))
+    B = {k: np.asarray(fa.feedback[k]) for k in (0, 2, 4)}
     _, ref = _grads(jaxbp.backprop, model, params, x, y)
     assert_trees_close(grads[4], ref[4], rtol=1e-12, what="last Dense layer")
     assert rel_error(grads[2], ref[2]) > 0.1 and rel_error(grads[0], ref[0]) > 0.1
-    # The definition: the delta below Dense k is its delta times B_k^T; dW = x^T delta.
-    for k in (2, 4):
-        assert_trees_close(signals[k - 1].delta, signals[k].delta @ B[k].T, rtol=1e-14)
-    for k in (0, 2, 4):
-        assert_trees_close(grads[k]["W"], signals[k].input.T @ signals[k].delta, rtol=1e-14)
+    # Against FA written out in NumPy: float64 products of a few terms in another order, ~1e-16
+    # each; 1e-12 leaves room for the exp and log, while a W in place of a B moves them by > 0.1.
+    np_value, np_grads, np_deltas = _np_feedback_alignment(params, x, y, B)
+    assert float(value) == pytest.approx(np_value, rel=1e-12)
+    assert_trees_close(grads, np_grads, rtol=1e-12, what="FA against NumPy")
+    for k in range(5):  # the deltas the engine reports are the ones it sent back
+        assert_trees_close(np.asarray(signals[k].delta), np_deltas[k], rtol=1e-12, what=f"{k}")
+    # and the reference itself: with B = W, FA is backprop
+    with_w = _np_feedback_alignment(params, x, y, {k: np.asarray(params[k]["W"]) for k in B})
+    assert_trees_close(with_w[1], ref, rtol=1e-12, what="NumPy FA with B = W against backprop")
+
+
+def test_fa_in_a_residual_block_replaces_the_dense_backward_and_keeps_the_skip(x64):
+    """x -> h = Dense 0 -> h + Dense (1, 2)(tanh(Dense (1, 0)(h))) -> Dense 2, by hand in NumPy
+    float64: FA sends each Dense's delta back through its B, and the skip adds the delta at the
+    block's output to what the body sends back, untouched by any B."""
+    model = L.residual_mlp(6, 1, 3, "tanh", norm=None)
+    rng = np.random.default_rng(3)
+    _, shapes = jax.eval_shape(lambda: model.init(KEY, (4,)))
+    params = jax.tree.map(lambda s: jnp.asarray(rng.normal(size=s.shape) / 2), shapes)
+    x, y = jnp.asarray(rng.normal(size=(16, 4))), jnp.asarray(rng.integers(0, 3, size=16))
+    fa = feedback_alignment(model, params, key=KEY)
+    assert list(fa.feedback) == [(0,), (1, 0), (1, 2), (2,)]
+    B = {k: np.asarray(v) for k, v in fa.feedback.items()}
+    (d0, (d10, _, d12), d2), x_ = jax.tree.map(np.asarray, params), np.asarray(x)
+    h = x_ @ d0["W"] + d0["b"]
+    a = np.tanh(h @ d10["W"] + d10["b"])
+    h2 = h + a @ d12["W"] + d12["b"]
+    z = h2 @ d2["W"] + d2["b"]
+    p = np.exp(z - z.max(1, keepdims=True))
+    e = (p / p.sum(1, keepdims=True) - np.eye(3)[np.asarray(y)]) / len(y)
+    dh2 = e @ B[(2,)].T  # the block's output
+    du = (dh2 @ B[1, 2].T) * (1 - a**2)  # the body: through B_(1,2), then tanh'
+    dh = dh2 + du @ B[1, 0].T  # the skip's dh2 plus the body's, through B_(1,0)
+    dense = lambda inputs, delta: {"W": inputs.T @ delta, "b": delta.sum(0)}  # noqa: E731
+    want = (dense(x_, dh), (dense(h, du), (), dense(a, dh2)), dense(h2, e))
+    _, grads = _grads(fa, model, params, x, y)
+    # float64 products of a few terms each, in another order: ~1e-16; a B lost or added on the
+    # skip moves the first layers' gradients by far more than 1e-12.
+    assert_trees_close(grads, want, rtol=1e-12, what="FA through a residual block")
 
 
 def test_dfa_projects_the_output_error_to_every_hidden_layer(x64):
