@@ -29,6 +29,8 @@ from jaxbp.quantities import (
 from jaxbp.quantities._leaves import (
     deltas_for,
     leaf_per_example_grads,
+    leaf_sq_norms,
+    leaf_sum_grad_squared,
     leaf_weighted_grad,
     record,
 )
@@ -227,6 +229,23 @@ def test_plant_per_example_grads_without_the_factor_m_is_caught(dense_sequence, 
 # Errors and the internal API
 
 
+class Scale(L.Layer):
+    """A user layer with params and no per-example rule: y = s x; ds = sum(x dy), dx = s dy."""
+
+    def init(self, key, shape):
+        return shape, {"s": jnp.ones(())}
+
+    def forward(self, params, x, *, key=None):
+        return x * params["s"], x
+
+    def backward(self, params, x, dy):
+        return {"s": jnp.sum(x * dy)}, dy * params["s"]
+
+
+class Declared(Scale):
+    examples_independent = True  # the generic per-example rule may run on it
+
+
 def test_batchnorm_in_training_raises_naming_its_path(key):
     model = L.mlp([4, 3], batch_norm=True)
     _, params = model.init(key, (5,))
@@ -240,16 +259,6 @@ def test_a_layer_must_declare_its_examples_independent(key, x64):
     """A user layer that does not say its examples never meet is refused, naming its path;
     declared, the generic exact rule (its own backward, example by example) gives grad L_i."""
 
-    class Scale(L.Layer):  # a user layer with params and no per-example rule
-        def init(self, key, shape):
-            return shape, {"s": jnp.ones(())}
-
-        def forward(self, params, x, *, key=None):
-            return x * params["s"], x
-
-        def backward(self, params, x, dy):
-            return {"s": jnp.sum(x * dy)}, dy * params["s"]
-
     x = jax.random.normal(key, (4, 2), jnp.float64)
     y = jax.random.normal(jax.random.fold_in(key, 1), (4, 3), jnp.float64)
     model = L.serial(L.Dense(3), Scale())
@@ -257,9 +266,6 @@ def test_a_layer_must_declare_its_examples_independent(key, x64):
     params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64) + 0.5, params)
     with pytest.raises(NotImplementedError, match=r"layer \[1\] .*examples_independent"):
         per_example_grads(model, losses.mse, params, x, y)
-
-    class Declared(Scale):
-        examples_independent = True
 
     model = L.serial(L.Dense(3), Declared())
     got = per_example_grads(model, losses.mse, params, x, y)
@@ -274,19 +280,50 @@ def test_wrong_label_shape_raises_as_backprop_does(key):
         per_example_norms(model, losses.mse, params, jnp.ones((4, 2)), jnp.ones((4,)))
 
 
-def test_internal_api_second_backward_and_weighted_grads(dense_sequence, x64):
-    """deltas_for from the loss's own dy_pred gives the recorded deltas; leaf_weighted_grad with
-    weights w gives sum_i w_i (per-example grad), in one backward."""
+def test_internal_api_second_backward(dense_sequence, x64):
+    """deltas_for from the loss's own dy_pred gives the recorded deltas."""
     model, loss, params, x, y, _ = dense_sequence
     rec = jax.jit(lambda p: record(model, loss, p, x, y))(params)
     again = deltas_for(model, params, rec, rec.dy_pred)
     assert rel_error(again, rec.deltas) <= RTOL
-    w = jnp.linspace(0.5, 2.0, 3)
-    for path, layer in rec.layers.items():
-        args = (path, layer, rec.params[path], rec.inputs[path], rec.deltas[path])
-        per_example = leaf_per_example_grads(*args)
-        weighted = leaf_weighted_grad(*args[:3], rec.residuals[path], rec.deltas[path], w)
-        want = jax.tree.map(lambda g: jnp.tensordot(w, g, 1), per_example)
-        assert rel_error(weighted, want) <= RTOL, path
     with pytest.raises(ValueError, match="y_pred's shape"):
         deltas_for(model, params, rec, rec.dy_pred[:1])
+
+
+def test_each_leafs_rules_against_jax_grad_on_each_example(x64):
+    """The leaf rules the quantities share, leaf by leaf on one recording: Embedding's and
+    Dense's own, and the generic rule for a layer with none (Declared: its own backward with dy
+    kept at example i alone; LSTM's recompute_per_example rule is test_recurrent_cells'). Each
+    against g_i / m, g_i = jax.grad of L_i on example i alone (the recorded deltas
+    carry C's 1/m): per-example grads, sum_i w_i of them, their squared norms and the sums of
+    their squares."""
+    model = L.serial(L.Embedding(7, 4), Declared(), L.Dense(7))
+    loss, m = losses.softmax_cross_entropy, 3
+    params, x, y, _ = _problem(model, (4,), m, 7, ids=7)
+    params = (params[0], {"s": jnp.float64(0.7)}, params[2])
+    want = jax.tree.map(lambda g: g / m, _reference(model, loss, params, x, y))
+    w = jnp.linspace(0.5, 2.0, m)
+
+    @jax.jit  # one program for every leaf's rules
+    def rules(params):
+        rec = record(model, loss, params, x, y)
+        out = {}
+        for path, layer in rec.layers.items():
+            args = (path, layer, rec.params[path], rec.inputs[path], rec.deltas[path])
+            residuals = rec.residuals[path]
+            out[path] = (
+                leaf_per_example_grads(*args, residuals),
+                leaf_weighted_grad(*args[:3], residuals, rec.deltas[path], w),
+                leaf_sq_norms(*args, residuals),
+                leaf_sum_grad_squared(*args, residuals),
+            )
+        return out
+
+    got = rules(params)
+    assert list(got) == [(0,), (1,), (2,)]
+    for path, (per_example, weighted, sq_norms, squares) in got.items():
+        g = params_at(want, path)
+        assert rel_error(per_example, g) <= RTOL, path
+        assert rel_error(weighted, jax.tree.map(lambda a: jnp.tensordot(w, a, 1), g)) <= RTOL
+        assert rel_error(sq_norms, jnp.sum(_flat(g) ** 2, axis=1)) <= RTOL, path
+        assert rel_error(squares, jax.tree.map(lambda a: jnp.sum(a * a, axis=0), g)) <= RTOL
