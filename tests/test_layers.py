@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import assert_trees_close, cast, np_activation, np_forward
+from scipy import special
 
 from jaxbp import layers as L
 
@@ -104,6 +107,31 @@ EPS32 = float(np.finfo(np.float32).eps)
 TINY32 = float(np.finfo(np.float32).tiny)  # XLA on CPU may flush results below it to zero
 
 
+@functools.cache
+def xla_primitive_error() -> float:
+    """The largest error of XLA's float32 exp, expm1, log1p, tanh, logistic and erf, in eps of
+    the float64 value, over 200,000 inputs from 1e-6 to 1e4 in size, both signs, and EXTREME.
+
+    XLA documents no accuracy for them: they are polynomial and rational approximations that
+    change with its version and the ISA, so the bounds below are built from this build's own
+    (<= 3 eps measured on jax 0.10, AVX-512 and AVX2 alike) rather than from a fixed ulp count.
+    """
+    x = np.geomspace(1e-6, 1e4, 100_000, dtype=np.float32)
+    x = np.concatenate([x, -x, EXTREME.ravel()])
+    pairs = [
+        (jnp.exp, np.exp), (jnp.expm1, np.expm1), (jnp.log1p, np.log1p), (jnp.tanh, np.tanh),
+        (jax.nn.sigmoid, special.expit), (jax.scipy.special.erf, special.erf),
+    ]  # fmt: skip
+    worst = 0.0
+    with np.errstate(all="ignore"):
+        for f, truth in pairs:
+            got, want = np.asarray(jax.jit(f)(x), np.float64), truth(x.astype(np.float64))
+            normal = (np.abs(want) >= TINY32) & (np.abs(want) <= np.finfo(np.float32).max)
+            error = np.abs(got[normal] - want[normal]) / (EPS32 * np.abs(want[normal]))
+            worst = max(worst, float(error.max()))
+    return worst
+
+
 def assert_within(got, want, bound, what: str) -> None:
     """|got - want| <= bound, elementwise; on failure, the worst entry."""
     got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
@@ -120,14 +148,17 @@ def test_extreme_float32_inputs_stay_finite_and_match_the_truth_and_jax_nn(name)
     _, dx = layer.backward((), residuals, dy)
     assert jnp.all(jnp.isfinite(y)) and jnp.all(jnp.isfinite(dx)), (name, y, dx)
     y64, dx64 = np_activation(layer, EXTREME, DY)
-    # y: one float32 evaluation of the function (a few ulps: XLA's exp, tanh, erf) and a product
-    # or two; below float32's normal range, absolute. dx: the same relative error, plus a few eps
-    # of the cotangent that reaches the entry, absolutely: derivatives taken from saved outputs
-    # lose the digits of 1 - y (or 1 - y^2) where y rounds to +-1, and the last-axis rules'
-    # sum(dy y) brings every dy of the row.
+    # y: one evaluation of an XLA primitive, within k eps of its value (k measured on this build),
+    # times at most 2.2 where GELU's 1 + tanh or 1 + erf cancels (x = -1), hence 3k; then a
+    # product or sum or two, 4 eps; below float32's normal range, absolute. dx: the same relative
+    # error, plus eps of the cotangent that reaches the entry, absolutely: derivatives taken from
+    # a saved y lose its absolute error in 1 - y (or 1 - y^2, twice it) where y is near +-1, so
+    # 2k + 2 eps; the last-axis rules' sum(dy y) brings every dy of the row.
+    k = xla_primitive_error()
+    assert k < 64, f"XLA's float32 primitives err by {k:.0f} eps here: the bounds would say little"
     reach = np.abs(DY) + (np.abs(DY).sum(-1, keepdims=True) if name.endswith("softmax") else 0)
-    y_bound = 8 * EPS32 * np.abs(y64) + TINY32
-    dx_bound = 8 * EPS32 * np.abs(dx64) + 4 * EPS32 * reach
+    y_bound = (3 * k + 4) * EPS32 * np.abs(y64) + TINY32
+    dx_bound = (3 * k + 4) * EPS32 * np.abs(dx64) + (2 * k + 2) * EPS32 * reach
     assert_within(y, y64, y_bound, f"{name}: y against float64")
     assert_within(dx, dx64, dx_bound, f"{name}: dx against float64")
     # jax.nn (and jax.vjp of it), where those are finite: each is within the bound of the truth.
