@@ -112,7 +112,7 @@ def _peer_problem(config):
     model, loss, params, x, y, shape = quantities.problem(config)
     params, x = to_float64((params, x))
     net = tq.network(model, params, shape).double()
-    xt, yt = tq.inputs(x, y)
+    xt, yt = tq.inputs(x, np.array(y))  # a copy: torch wants a writable array
     return model, loss, params, x, y, net, xt.double(), yt, lambda p: tq.network(model, p, shape)
 
 
