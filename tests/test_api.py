@@ -129,8 +129,9 @@ def test_fit_trains_with_the_engine_it_is_given():
         np.array_equal(a, b) for a, b in zip(jax.tree.leaves(after), jax.tree.leaves(params))
     )
     want = float(jaxbp.softmax_cross_entropy.apply(model.apply(params, x), y))
-    # the same float32 loss of 8 rows, maybe summed in another order: a few ulps
-    assert history["loss"] == pytest.approx([want, want], rel=1e-6)
+    # the same float32 loss of 8 rows, shuffled (summed in another order) and in another
+    # program: a few ulps of each term, ~1e-6 at most; a step that moved the params, far more
+    assert history["loss"] == pytest.approx([want, want], rel=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------
