@@ -71,10 +71,10 @@ WORKER = textwrap.dedent(
     model = mlp([16, 2], "tanh")
     _, init = model.init(jax.random.PRNGKey(0), (2,))
 
-    def run(epochs, folder=None, data=(x, y), **options):
+    def run(epochs, folder=None, data=(x, y), seed=42, start=init, **options):
         params, history = fit(
-            model, softmax_cross_entropy, init, data, optimizer=optax.sgd(spec["lr"]),
-            epochs=epochs, batch_size=32, key=jax.random.PRNGKey(42), eval_data=test,
+            model, softmax_cross_entropy, start, data, optimizer=optax.sgd(spec["lr"]),
+            epochs=epochs, batch_size=32, key=jax.random.PRNGKey(seed), eval_data=test,
             progress=False, checkpoint_dir=folder, **options,
         )
         return {
@@ -99,6 +99,8 @@ WORKER = textwrap.dedent(
         # Process 1 cannot see process 0's checkpoint, as on a filesystem they do not share.
         out["unshared"] = refusal(4, f"{tmp}/resumed" if me == 0 else f"{tmp}/empty", resume=True)
         out["other data"] = refusal(1, data=(x, y) if me == 0 else (x[::-1], y[::-1]))
+        out["other key"] = refusal(1, seed=42 + me)
+        out["other params"] = refusal(1, start=jax.tree.map(lambda a: a + me, init))
         out["writes"] = writes
     with open(spec["out"], "w") as f:
         json.dump(out, f)
@@ -255,6 +257,10 @@ def test_processes_that_disagree_are_refused_in_every_process(runs):
             out["unshared"]
         )
         assert "train_data differs between process 1 and process 0" in str(out["other data"])
+        assert "key differs between process 1 and process 0" in str(out["other key"])
+        assert "params or optimizer state differs between process 1 and process 0" in str(
+            out["other params"]
+        )
 
 
 def _done(stdout: str) -> dict[str, float]:
