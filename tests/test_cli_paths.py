@@ -26,9 +26,6 @@ from jaxbp import checkpoint, datasets
 from jaxbp import layers as L
 from jaxbp.cli import main
 
-# Compiling each preset is most of a run: one worker runs the module, the rest in parallel.
-pytestmark = pytest.mark.xdist_group("cli_paths")
-
 SLICE = {"train": 192, "test": 96}  # every digit class appears in the first 192 and 96
 QUIET = ["--no-progress", "--epochs", "1", "--batch-size", "64"]
 
@@ -148,6 +145,10 @@ MLP = ["train", "--layers", "16", "--no-progress", "--batch-size", "16", "--sche
 MLP += ["--epochs", "1"]
 
 
+# The two runs of decay_runs, a module fixture, are for both tests: one worker runs them.
+ONE_WORKER = pytest.mark.xdist_group("cli_paths_decay")
+
+
 @pytest.fixture(scope="module")
 def decay_runs(tmp_path_factory):
     """A run without decay, overwritten by the same run with --weight-decay 100: (the first
@@ -163,6 +164,7 @@ def decay_runs(tmp_path_factory):
     return old, run
 
 
+@ONE_WORKER
 def test_overwrite_replaces_every_file_of_the_old_run(decay_runs):
     old, run = decay_runs
     assert json.loads(old["config.json"])["weight_decay"] == 0
@@ -179,6 +181,7 @@ def test_overwrite_replaces_every_file_of_the_old_run(decay_runs):
         assert (run / name).read_bytes() != old[name], name
 
 
+@ONE_WORKER
 def test_weight_decay_shrinks_the_weights(decay_runs, tmp_path):
     """adamw's decoupled decay multiplies W by (1 - lr wd)^12 = 0.9^12 = 0.28 over the epoch;
     Adam's own steps move an entry by at most lr sqrt(t) <= 3.5e-3 each (|m_hat| / sqrt(v_hat)
