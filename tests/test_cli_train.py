@@ -141,6 +141,7 @@ def test_divergence_exits_1_with_one_line_and_keeps_files(tmp_path, capsys):
         (["--devices", "64"], "local device(s) present"),
         (["--lr", "nan"], "--lr: must be finite"),
         (["--weight-decay", "-1"], "--weight-decay: must be >= 0"),
+        (["--optimizer", "sgd", "--weight-decay", "0.1"], "applies to --optimizer adamw only"),
         (["--loss", "mse"], "digits has integer class labels: use softmax_cross_entropy"),
         (["--loss", "binary_cross_entropy"], "integer class labels"),
         (["--dataset", "xor", "--loss", "softmax_cross_entropy"], "single output is always 0"),

@@ -17,6 +17,9 @@ SEQUENCE_MODELS = {
 }
 # Settings whose default depends on --model: None on the command line, resolved here.
 DEFAULTS = {"epochs": 40, "batch_size": 32, "lr": 1e-3, "weight_decay": 1e-4}
+PRESET_DEFAULTS = {  # the cnn: at the defaults it ended at 98.06-98.33% on digits, under its goal
+    "cnn": DEFAULTS | dict(epochs=60, lr=3e-3),
+}
 SEQUENCE_DEFAULTS = {  # sized so a run takes a few minutes on 2 CPU cores
     "gpt": DEFAULTS | dict(epochs=12, lr=6e-3, weight_decay=0.1, width=64, depth=2, heads=4),
     "lstm": DEFAULTS | dict(epochs=12, lr=6e-3, weight_decay=0.1, width=128),
@@ -44,7 +47,16 @@ def resolve_defaults(args: argparse.Namespace) -> None:
         raise UsageError(f"--{given[0]} applies to --model gpt or lstm only")
     if args.model == "lstm" and (args.depth is not None or args.heads is not None):
         raise UsageError("--depth and --heads apply to --model gpt only")
-    defaults = SEQUENCE_DEFAULTS[args.model] | {"context": 32} if sequence else DEFAULTS
+    if args.weight_decay is not None and args.optimizer != "adamw":
+        raise UsageError(
+            f"--weight-decay applies to --optimizer adamw only (decoupled decay), not "
+            f"{args.optimizer}: drop it, or train with adamw"
+        )
+    defaults = PRESET_DEFAULTS.get(args.model, DEFAULTS)
+    if sequence:
+        defaults = SEQUENCE_DEFAULTS[args.model] | {"context": 32}
     for name, value in defaults.items():
+        if name == "weight_decay" and args.optimizer != "adamw":
+            continue  # no decay to default: config.json records none
         if getattr(args, name, None) is None:
             setattr(args, name, value)

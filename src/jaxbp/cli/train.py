@@ -34,7 +34,12 @@ import argparse
 from pathlib import Path
 
 from jaxbp.cli._common import number
-from jaxbp.cli._train_options import DEFAULTS, SEQUENCE_DEFAULTS, SEQUENCE_MODELS
+from jaxbp.cli._train_options import (
+    DEFAULTS,
+    PRESET_DEFAULTS,
+    SEQUENCE_DEFAULTS,
+    SEQUENCE_MODELS,
+)
 from jaxbp.layers.models import PRESETS
 
 HELP = "train a network (default: an MLP on digits, ~97% test accuracy)"
@@ -99,15 +104,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "the output, not class labels",
     )
     add("--optimizer", choices=OPTIMIZERS, default="adamw", help="default adamw")
-    add("--lr", type=number(float), help=f"peak learning rate (default 1e-3{_for_sequences('lr')})")
+    add("--lr", type=number(float), help=f"peak learning rate (default 1e-3{_for_models('lr')})")
     add("--schedule", choices=("cosine", "constant"), default="cosine", help="default cosine")
     add(
         "--weight-decay",
         type=number(float, zero=True),
-        help=f"for adamw (default 1e-4{_for_sequences('weight_decay')})",
+        help=f"adamw's decoupled decay; refused with other optimizers (default 1e-4"
+        f"{_for_models('weight_decay')})",
     )
-    add("--epochs", type=number(int), help=f"default 40{_for_sequences('epochs')}")
-    add("--batch-size", type=number(int), help=f"default 32{_for_sequences('batch_size')}")
+    add("--epochs", type=number(int), help=f"default 40{_for_models('epochs')}")
+    add("--batch-size", type=number(int), help=f"default 32{_for_models('batch_size')}")
     add(
         "--seed",
         type=int,
@@ -162,9 +168,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
 
-def _for_sequences(name: str) -> str:
-    """', gpt: 6e-3, ...': the defaults that --model gpt or lstm sets otherwise."""
-    shown = [f"{m}: {d[name]:g}" for m, d in SEQUENCE_DEFAULTS.items() if d[name] != DEFAULTS[name]]
+def _for_models(name: str) -> str:
+    """', cnn: 3e-3, gpt: 6e-3, ...': the defaults that a --model sets otherwise."""
+    models = PRESET_DEFAULTS | SEQUENCE_DEFAULTS
+    shown = [f"{m}: {d[name]:g}" for m, d in models.items() if d[name] != DEFAULTS[name]]
     return "".join(f", {text}" for text in shown)
 
 
