@@ -9,6 +9,8 @@ variance while any missing term (a cross term, a factor m) shows up at >= 1e-3.
 
 from __future__ import annotations
 
+import re
+
 import jax
 import jax.numpy as jnp
 import pytest
@@ -327,3 +329,34 @@ def test_each_leafs_rules_against_jax_grad_on_each_example(x64):
         assert rel_error(weighted, jax.tree.map(lambda a: jnp.tensordot(w, a, 1), g)) <= RTOL
         assert rel_error(sq_norms, jnp.sum(_flat(g) ** 2, axis=1)) <= RTOL, path
         assert rel_error(squares, jax.tree.map(lambda a: jnp.sum(a * a, axis=0), g)) <= RTOL
+
+
+def _result_shapes(stablehlo: str) -> set[str]:
+    """The shapes every operation in a lowered program produces ("32x64x128"), its arguments
+    left out: the type after "->", else the one after the last " : " of "%n = op ... : type"."""
+    shapes = set()
+    for line in stablehlo.splitlines():
+        if not re.match(r"\s*%\S+ = ", line) or " : " not in line:
+            continue
+        result = line.rsplit(" : ", 1)[1].split("->")[-1]
+        shapes.update(re.findall(r"tensor<((?:\d+x)*\d+)x[a-z]", result))
+    return shapes
+
+
+def test_per_example_norms_of_dense_layers_form_no_gradient():
+    """Dense's norms are ||x_i||^2 ||dy_i||^2: neither a per-example gradient (32, in, out) nor
+    the batch's x^T dy (in, out) is ever computed (the README: "no x^T dy is formed"). The same
+    search finds them in per_example_grads, so it can fail."""
+    model = L.mlp([128, 10], "relu")
+    _, params = model.init(jax.random.PRNGKey(0), (64,))
+    x, y = jnp.ones((32, 64)), jnp.zeros((32,), jnp.int32)
+    gradients = {"32x64x128", "32x128x10", "64x128", "128x10"}
+
+    def made(quantity):
+        lowered = jax.jit(lambda p: quantity(model, losses.softmax_cross_entropy, p, x, y)).lower(
+            params
+        )
+        return _result_shapes(lowered.as_text()) & gradients
+
+    assert made(per_example_norms) == set()
+    assert made(per_example_grads) >= {"32x64x128", "32x128x10"}
