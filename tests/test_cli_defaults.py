@@ -76,3 +76,14 @@ def test_the_character_runs_are_the_readmes(model, expected):
     got = {name: getattr(args, name) for name in expected if name != "parameters"}
     got["parameters"] = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(params))
     assert got == expected
+
+
+@pytest.mark.parametrize(
+    "model, epochs, lr", [("cnn", 60, 3e-3), ("resnet", 40, 1e-3), (None, 40, 1e-3)]
+)
+def test_the_image_recipes_are_the_readmes(model, epochs, lr):
+    """The cnn trains 60 epochs at a peak rate of 3e-3 (the README's recipe); the rest 40 at
+    1e-3, adamw with decay 1e-4."""
+    args = build_parser().parse_args(["train", *(["--model", model] if model else [])])
+    resolve_defaults(args)
+    assert (args.epochs, args.lr, args.optimizer, args.weight_decay) == (epochs, lr, "adamw", 1e-4)
