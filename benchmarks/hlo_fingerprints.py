@@ -21,9 +21,12 @@ import optax
 
 import jaxbp
 from jaxbp.bench import CONFIGS
-from jaxbp.bench.mlp import _problem
-from jaxbp.bench.sequence import SequenceConfig
 from jaxbp.train import make_step
+
+try:
+    from jaxbp.bench.mlp import _problem
+except ImportError:  # a checkout from before the bench became a package (150eaa1, say)
+    from jaxbp.bench import _problem
 
 NAMES = ("seed", "digits", "wide", "deep", "cnn", "gpt", "gpt_tied", "lstm")
 PER_EXAMPLE = ("digits", "wide", "gpt", "gpt_tied")  # DP step and norms: the bench's DP configs
@@ -40,6 +43,8 @@ def fingerprint(compiled) -> str:
 def problem(name: str):
     """(model, loss, params, state or None, x, y) of a bench config."""
     if name == "gpt_tied":
+        from jaxbp.bench.sequence import SequenceConfig
+
         gpt = CONFIGS["gpt"]
         options = (*gpt.options, ("tie_weights", True))
         config = SequenceConfig(name, gpt.builder, options, gpt.context, gpt.batch)
@@ -47,7 +52,7 @@ def problem(name: str):
     config = CONFIGS[name]
     if hasattr(config, "problem"):
         return config.problem()
-    model, loss, params, x, y = _problem(config)
+    model, loss, params, x, y = _problem(config)[:5]
     return model, loss, params, None, x, y
 
 
@@ -63,7 +68,7 @@ def programs(name: str) -> dict:
     if not kw:
         opt = optax.adam(1e-3)
         out["step"] = make_step(model, loss, opt).lower(params, opt.init(params), x, y).compile()
-    if name in PER_EXAMPLE:
+    if name in PER_EXAMPLE and hasattr(jaxbp, "dp_sgd"):  # older checkouts have neither
         dp, key = jaxbp.dp_sgd(1.0, 1.0, delta=None), jax.random.PRNGKey(0)
         out["dp"] = jax.jit(lambda p: dp(model, loss, p, x, y, key=key)).lower(params).compile()
         norms = jax.jit(lambda p: jaxbp.per_example_norms(model, loss, p, x, y))
@@ -73,6 +78,9 @@ def programs(name: str) -> dict:
 
 def main() -> None:
     for name in NAMES:
+        if name.removesuffix("_tied") not in CONFIGS:
+            print(f"{name:9} not in this checkout")
+            continue
         shown = "  ".join(f"{k} {fingerprint(c)}" for k, c in programs(name).items())
         print(f"{name:9} {shown}")
 
