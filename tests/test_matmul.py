@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -25,6 +27,34 @@ def _operands(key, batch, n_in, n_out, dtype=jnp.float32):
 @pytest.mark.parametrize("branch", SHAPES)
 def test_shapes_reach_the_branch_they_name(branch):
     assert _matmul.cpu_layout(*SHAPES[branch]) == branch
+
+
+def _readme_layout_table() -> dict[tuple[int, int, int], str]:
+    """The README's dW layout table: each row's (batch, in, out) and the layout in bold (its
+    columns x.T @ dy, copy(x.T) @ dy, (dy.T @ x).T are the plain, large and narrow branches)."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    header = "| dW product (batch, in, out) | x.T @ dy | copy(x.T) @ dy | (dy.T @ x).T |"
+    assert header in text
+    rows = text.split(header, 1)[1].split("\n\n", 1)[0].splitlines()[2:]
+    table = {}
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        shape = tuple(int(n) for n in cells[0].split("(")[0].split(","))
+        (bold,) = [i for i, c in enumerate(cells[1:]) if c.startswith("**")]
+        table[shape] = ("plain", "large", "narrow")[bold]
+    return table
+
+
+README_TABLE = _readme_layout_table()
+
+
+def test_the_readmes_layout_table_has_its_five_layers():
+    assert len(README_TABLE) == 5 and (512, 1024, 10) in README_TABLE
+
+
+@pytest.mark.parametrize("shape", README_TABLE)
+def test_the_readmes_bold_layouts_are_the_ones_used(shape):
+    assert _matmul.cpu_layout(*shape) == README_TABLE[shape]
 
 
 @pytest.mark.parametrize("branch", SHAPES)
