@@ -231,6 +231,10 @@ def test_cli_json_to_stdout(capsys):
     data = json.loads(capsys.readouterr().out)
     assert data["ok"] is True and data["dtype"] == "float64" and data["seed"] == 0
     assert len(data["reports"]) == 39 and all(r["ok"] for r in data["reports"])
+    # of which four random models of depth 1-4 (the README: "and four random models")
+    models = [r["title"] for r in data["reports"] if r["title"].startswith("backprop, ")]
+    assert len(models) == 4, models
+    assert [m.count("Dense(") for m in models] == [1, 2, 3, 4], models
     assert data["reports"][0]["rows"][0]["name"] == "x"
 
 

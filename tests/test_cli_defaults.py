@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -37,6 +38,8 @@ def test_the_default_run_is_the_readmes_network_and_its_check_passes(tmp_path, c
     assert _first_batch_error(out) <= 1e-5 and "warning" not in err
     config = json.loads((run / "config.json").read_text())
     assert config["layers"] == [512, 256] and config["activation"] == "relu"
+    # and with no --out, the run goes to runs/train (the README's first command)
+    assert build_parser().parse_args(["train"]).out == Path("runs/train")
     assert config["dataset"] == "digits"
     arrays, _ = checkpoint.load(run / "checkpoint.npz")
     shapes = sorted(a.shape for k, a in arrays.items() if k.startswith("['params']"))

@@ -558,10 +558,17 @@ SEQUENCE = [
     *ratio("peers/torch_over_jaxbp", THREE), *ratio("peers/torch_compile_over_jaxbp", THREE),
 ]  # fmt: skip
 NN_LSTM = ratio("peers/nn_lstm_over_jaxbp", THREE)  # the lstm row only
+VISION_GRADIENT = [
+    at("gradient/backprop_s"), at("gradient/jax_grad_s"), *ratio("gradient/ratio", THREE),
+    at("gradient/samples"), *ratio("gradient/null_ratio", THREE), *ratio("step/ratio", THREE),
+]  # fmt: skip
+VISION_PEERS = [
+    at("peers/jaxbp_s"), at("peers/torch_s"), *ratio("peers/torch_over_jaxbp", THREE),
+    at("peers/torch_compile_s"), *ratio("peers/torch_compile_over_jaxbp", THREE),
+]  # fmt: skip
 # fmt: off
 # The README's benchmark tables by their header: the file and the columns, or why no committed
 # file holds them (the README cites the command that prints them beside the table).
-NOT_COMMITTED = "printed by benchmarks/run.py --configs cnn resnet, which the README cites"
 BENCH_TABLES = {
     ("config", "backprop grad", "jax.grad", "backprop / jax.grad", "backprop is",
      "null: jax.grad / itself", "train step ratio", "compile bp / jax.grad"): (
@@ -584,9 +591,9 @@ BENCH_TABLES = {
         None, "printed by python benchmarks/weight_grad_layouts.py, which the README cites",
     ),
     ("config", "backprop grad", "jax.grad", "backprop / jax.grad", "backprop is",
-     "null: jax.grad / itself", "train step ratio"): (None, NOT_COMMITTED),
+     "null: jax.grad / itself", "train step ratio"): ("vision/results.json", VISION_GRADIENT),
     ("config", "jaxbp step", "PyTorch eager", "eager / jaxbp", "torch.compile",
-     "compiled / jaxbp"): (None, NOT_COMMITTED),
+     "compiled / jaxbp"): ("vision/results.json", VISION_PEERS),
 }
 # fmt: on
 QUANTITY_NAMES = {"DP-SGD step": "dp_sgd step"}
@@ -681,5 +688,8 @@ def test_benchmark_machine_lines_name_their_runs():
     sequence = bench("sequence/results.json")["environment"]
     torch = sequence["torch"].split("+")[0]
     assert f"{sequence['date']}, torch {torch}; `benchmarks/results/sequence/`" in text
+    vision = bench("vision/results.json")["environment"]
+    torch = vision["torch"].split("+")[0]
+    assert f"{vision['date']}, torch\n{torch}; `benchmarks/results/vision/`" in text
     quantities = bench("quantities/quantities.json")["environment"]
     assert f"cnn wide`, {quantities['date']}," in text
