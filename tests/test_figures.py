@@ -198,6 +198,21 @@ def residual_fa_row(engine: str) -> list:
     ] + [(None, at(f"{p}/-1")) for p in inits]  # fmt: skip
 
 
+# The depth experiment's accuracies at 8 and 56 layers (4 kinds; "10" is the chance level) and
+# the first layer's delta over the last's at 56: both READMEs state them in this order.
+DEPTH_FIGURES = [
+    (None, pct("plain/8/test_accuracy/mean")), (None, pct("plain/56/test_accuracy/mean")),
+    (None, pct("plain_bn/8/test_accuracy/mean")),
+    (None, pct("plain_bn/56/test_accuracy/mean")), "10",
+    (None, pct("residual/8/test_accuracy/mean")),
+    (None, pct("residual/56/test_accuracy/mean")),
+    (None, pct("residual_bn/8/test_accuracy/mean")),
+    (None, pct("residual_bn/56/test_accuracy/mean")), (None, at("depths/-1")),
+    (None, at("plain/56/log10_delta_ratio_first_over_last")),
+    (None, at("plain_bn/56/log10_delta_ratio_first_over_last")),
+    (None, at("residual/56/log10_delta_ratio_first_over_last")),
+]  # fmt: skip
+
 # fmt: off
 # An entry is the row's numbers in order: a bare string is not a result; (token, getter) is a
 # figure (token None: whatever the README prints there, checked against the getter).
@@ -262,16 +277,7 @@ EXPERIMENTS: dict[tuple[str, str, int, str], tuple[str, list]] = {
     ("experiments", "Results", 0, "depth"): ("depth", [
         "2016", (None, at("config/width")), "1e-3", (None, at("config/epochs")),
         (None, at("config/seeds")), (None, at("depths/0")), (None, at("depths/-1")),
-        (None, pct("plain/8/test_accuracy/mean")), (None, pct("plain/56/test_accuracy/mean")),
-        (None, pct("plain_bn/8/test_accuracy/mean")),
-        (None, pct("plain_bn/56/test_accuracy/mean")), "10",
-        (None, pct("residual/8/test_accuracy/mean")),
-        (None, pct("residual/56/test_accuracy/mean")),
-        (None, pct("residual_bn/8/test_accuracy/mean")),
-        (None, pct("residual_bn/56/test_accuracy/mean")), (None, at("depths/-1")),
-        (None, at("plain/56/log10_delta_ratio_first_over_last")),
-        (None, at("plain_bn/56/log10_delta_ratio_first_over_last")),
-        (None, at("residual/56/log10_delta_ratio_first_over_last")),
+        *DEPTH_FIGURES,
         (None, at("residual_bn/56/log10_delta_ratio_first_over_last")),
     ]),
     ("experiments", "Results", 0, "char_models"): ("char_models", [
@@ -399,16 +405,7 @@ EXPERIMENTS: dict[tuple[str, str, int, str], tuple[str, list]] = {
     ]),
     ("README", "Experiments", 0, "depth"): ("depth", [
         "2016", (None, at("depths/0")), (None, at("depths/-1")), (None, at("config/seeds")),
-        (None, pct("plain/8/test_accuracy/mean")), (None, pct("plain/56/test_accuracy/mean")),
-        (None, pct("plain_bn/8/test_accuracy/mean")),
-        (None, pct("plain_bn/56/test_accuracy/mean")), "10",
-        (None, pct("residual/8/test_accuracy/mean")),
-        (None, pct("residual/56/test_accuracy/mean")),
-        (None, pct("residual_bn/8/test_accuracy/mean")),
-        (None, pct("residual_bn/56/test_accuracy/mean")), (None, at("depths/-1")),
-        (None, at("plain/56/log10_delta_ratio_first_over_last")),
-        (None, at("plain_bn/56/log10_delta_ratio_first_over_last")),
-        (None, at("residual/56/log10_delta_ratio_first_over_last")),
+        *DEPTH_FIGURES,
     ]),
     ("README", "Experiments", 0, "char_models"): ("char_models", [
         (None, at(f"table/{m}/validation")) for m in ("bigram", "mlp", "lstm", "gpt")
