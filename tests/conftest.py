@@ -26,6 +26,10 @@ from scipy import special  # noqa: E402
 
 from jaxbp._compat import enable_x64  # noqa: E402
 
+# A subprocess's time limit: a guard against a hang, never a speed check (2 busy cores can make a
+# 20 s run take minutes).
+SUBPROCESS_TIMEOUT_S = 600
+
 
 @contextlib.contextmanager
 def compile_records():

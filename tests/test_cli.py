@@ -11,6 +11,7 @@ from importlib import metadata
 from pathlib import Path
 
 import pytest
+from conftest import SUBPROCESS_TIMEOUT_S
 
 from jaxbp.cli import VERBS, build_parser, main, number
 
@@ -23,7 +24,7 @@ def _console_script() -> str:
     return found
 
 
-def _run(*command, timeout=60):
+def _run(*command, timeout=SUBPROCESS_TIMEOUT_S):
     return subprocess.run(
         list(command), capture_output=True, text=True, timeout=timeout, env=dict(os.environ)
     )

@@ -14,6 +14,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import SUBPROCESS_TIMEOUT_S
 
 import jaxbp.cli
 from jaxbp.cli import VERBS, main
@@ -186,7 +187,8 @@ BUG_IN_A_PROCESS = textwrap.dedent(
 def test_a_bug_in_a_real_process_shows_its_traceback_and_exits_1():
     result = subprocess.run(
         [sys.executable, "-c", BUG_IN_A_PROCESS],
-        capture_output=True, text=True, timeout=120, env={**os.environ, "MPLBACKEND": "Agg"},
+        capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_S,
+        env={**os.environ, "MPLBACKEND": "Agg"},
     )  # fmt: skip
     assert result.returncode == 1, result.stderr
     assert result.stderr.startswith("Traceback (most recent call last):")

@@ -20,7 +20,7 @@ import jax
 import numpy as np
 import optax
 import pytest
-from conftest import np_forward, np_loss
+from conftest import SUBPROCESS_TIMEOUT_S, np_forward, np_loss
 
 from jaxbp import checkpoint, datasets
 from jaxbp import layers as L
@@ -252,7 +252,7 @@ def test_devices_trains_on_the_devices_asked(tmp_path):
     run = tmp_path / "run"
     done = subprocess.run(
         [sys.executable, "-c", DEVICES, str(run)], capture_output=True, text=True, env=env,
-        timeout=300,
+        timeout=SUBPROCESS_TIMEOUT_S,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     assert "exit statuses [0, 2, 2]" in done.stdout, done.stdout + done.stderr[-3000:]

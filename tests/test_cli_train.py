@@ -15,16 +15,16 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import SUBPROCESS_TIMEOUT_S
 
 from jaxbp import checkpoint, mlp, softmax_cross_entropy
 from jaxbp.cli import main
 from jaxbp.train import CHECKPOINT_NAME, TrainingDiverged, fit
 
 SMALL = ["--layers", "16", "--batch-size", "64", "--no-progress"]
-TIMEOUT_S = 600  # a guard against hangs on 2 busy cores, not a speed check (runs take 5-30 s)
 
 
-def _jaxbp(*args, timeout=TIMEOUT_S, **kw):
+def _jaxbp(*args, timeout=SUBPROCESS_TIMEOUT_S, **kw):
     env = {**os.environ, "MPLBACKEND": "Agg"}
     return subprocess.run(
         [sys.executable, "-m", "jaxbp", *args],
@@ -99,7 +99,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, model):
     env = {**os.environ, "MPLBACKEND": "Agg", "KILL_AFTER_SAVES": "3"}
     proc = subprocess.run(
         [sys.executable, "-c", KILL_AFTER_SAVE, "train", *args, "--out", str(killed)],
-        capture_output=True, text=True, env=env, timeout=TIMEOUT_S,
+        capture_output=True, text=True, env=env, timeout=SUBPROCESS_TIMEOUT_S,
     )  # fmt: skip
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert checkpoint.load(killed / "checkpoint.npz")[1]["epoch"] == 6  # the third save
@@ -222,7 +222,8 @@ def test_a_second_run_into_a_busy_folder_stops_and_names_the_first(tmp_path, cap
         text=True,
         env={**os.environ, "MPLBACKEND": "Agg", "PAUSE_AT_EPOCH": "3"},
     )
-    guard = threading.Timer(TIMEOUT_S, first.kill)  # a hang guard: no line comes, EOF ends it
+    # a hang guard: if no line comes, the kill ends the read with EOF
+    guard = threading.Timer(SUBPROCESS_TIMEOUT_S, first.kill)
     guard.start()
     try:
         assert "paused\n" in first.stdout, "the first run ended before epoch 3"
@@ -378,7 +379,7 @@ def test_data_parallel_on_four_cpu_devices_matches_one():
         [sys.executable, "-c", FOUR_DEVICES],
         capture_output=True,
         text=True,
-        timeout=TIMEOUT_S,
+        timeout=SUBPROCESS_TIMEOUT_S,
         env=env,
     )
     assert result.returncode == 0, result.stderr[-3000:]

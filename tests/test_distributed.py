@@ -1,9 +1,10 @@
 """Multi-process training (jax.distributed): two real processes on a loopback port.
 
 Each process has one CPU device and gloo collectives; together they must train like one process
-over two simulated devices. Every launch is bounded (TIMEOUT seconds) and kills its processes at
-the first failure, showing their stderr, so nothing hangs; one whose coordinator could not bind
-its port (taken by another program since _free_port released it) is retried on a fresh port.
+over two simulated devices. Every launch is bounded in time (SUBPROCESS_TIMEOUT_S) and kills its
+processes at the first failure, showing their stderr, so nothing hangs; one whose coordinator
+could not bind its port (taken by another program since _free_port released it) is retried on a
+fresh port.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import time
 
 import numpy as np
 import pytest
+from conftest import SUBPROCESS_TIMEOUT_S
 
 from jaxbp import checkpoint
 from jaxbp.cli import main
@@ -26,7 +28,6 @@ from jaxbp.cli import main
 # Its module fixture is costly: one worker runs the whole module, so the fixture runs once.
 pytestmark = pytest.mark.xdist_group("distributed")
 
-TIMEOUT = 600  # a guard against hangs on 2 busy cores, not a speed check: a launch takes ~30 s
 LR = 0.05  # plain SGD, whose steps pass rounding on as it is; see below
 
 # The tolerances, from the arithmetic. A step's loss and gradient are means over a batch of 32.
@@ -134,7 +135,9 @@ class _PortTaken(Exception):
 PORT_TAKEN = ("Failed to add port to server", "Failed to start RPC server", "ddress already in use")
 
 
-def _launch(commands: list[tuple[list[str], dict]], folder, timeout=TIMEOUT) -> list[str]:
+def _launch(
+    commands: list[tuple[list[str], dict]], folder, timeout=SUBPROCESS_TIMEOUT_S
+) -> list[str]:
     """Run every (argv, env) at once and return their stdouts; all must exit 0 within timeout.
 
     The first to fail, or the deadline, kills the others: a process whose peer died would

@@ -16,12 +16,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import SUBPROCESS_TIMEOUT_S
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ROOT / "experiments"
 SCRIPTS = sorted(p for p in EXPERIMENTS.glob("*.py") if not p.name.startswith("_"))
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-TIMEOUT_S = 180  # --quick aims at ~20 s; a loaded CI runner gets generous slack
 
 
 def run_quick(script: Path, out: Path) -> subprocess.CompletedProcess:
@@ -30,7 +30,7 @@ def run_quick(script: Path, out: Path) -> subprocess.CompletedProcess:
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=TIMEOUT_S,
+        timeout=SUBPROCESS_TIMEOUT_S,
     )
 
 

@@ -28,13 +28,13 @@ from pathlib import Path
 from typing import NamedTuple
 
 import pytest
+from conftest import SUBPROCESS_TIMEOUT_S
 
 # Its module fixture is costly: one worker runs the whole module, so the fixture runs once.
 pytestmark = pytest.mark.xdist_group("readme")
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
-TIMEOUT_S = 600  # the blocks take ~15 s on 2 cores, most of it the 15-line example's training
 TINY = 1e-8  # below this a check-report error is roundoff (float64 eps 2.2e-16 times its sums)
 ACCURACY_POINTS = 1.0
 # (section heading, why the block there is a fragment, not a program)
@@ -119,7 +119,7 @@ def printed(tmp_path_factory) -> list[str]:
     (folder / "blocks.json").write_text(json.dumps([b.source for b in RUNNABLE]))
     done = subprocess.run(
         [sys.executable, "-c", DRIVER, str(folder / "blocks.json")],
-        cwd=folder, capture_output=True, text=True, timeout=TIMEOUT_S,
+        cwd=folder, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_S,
     )  # fmt: skip
     outputs = done.stdout.split(MARK + "\n")[1:]
     assert done.returncode == 0, (

@@ -2,10 +2,10 @@
 
 jax.random.permutation sorts (random key, index) pairs, and XLA:CPU's two-operand sort is slow.
 Here each round packs the index into the low bits of its random key and sorts that single uint32
-array: at 6,400 indices (the digits benchmark's epoch) 3.0 ms against 1.15 ms on 2 CPU cores
-(`python benchmarks/shuffle.py` times both side by side). Ties between equal random parts keep
-index order; as in jax, rounds repeat until the random bits add up to 3 log2(n), so the expected
-number of pairs tied in every round is under 1/(2n).
+array: at 6,400 indices (the digits benchmark's epoch), `python benchmarks/shuffle.py`, which
+times both side by side, printed `jax / jaxbp 3.08 [2.92-3.20]` on 2 CPU cores. Ties between
+equal random parts keep index order; as in jax, rounds repeat until the random bits add up to
+3 log2(n), so the expected number of pairs tied in every round is under 1/(2n).
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ examples:
   jaxbp train --dataset my.npz --grad autodiff --out runs/mine
   jaxbp train --out runs/digits --resume
   jaxbp train --model residual-bn --epochs 20 --out runs/resnet-mlp
-  jaxbp train --model gpt --out runs/gpt        # a few minutes on 2 cores; jaxbp sample runs/gpt
+  jaxbp train --model gpt --out runs/gpt        # ~35 s on 2 cores; jaxbp sample runs/gpt
   jaxbp train --model lstm --out runs/lstm
   jaxbp train --grad dp --clip-norm 1 --noise-multiplier 1.1 --out runs/dp
 """
