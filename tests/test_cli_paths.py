@@ -359,6 +359,8 @@ def test_bench_quantities_first_order_and_curvature_for_real(tmp_path, capsys, m
             if "reference" in row:
                 assert 0 < row["reference"]["s"] < math.inf, row
             assert all(p == {"missing": "torch not installed"} for p in row["peers"].values())
+    # the peers are reported missing, not left out: some rows name them
+    assert any(row["peers"] for group in config["groups"].values() for row in group["rows"])
     table = (tmp_path / "quantities.md").read_text()
     assert "| custom | per_example_norms |" in table and "| custom | ggn_vp |" in table
     assert "dp_sgd step |" not in table

@@ -20,6 +20,7 @@ from conftest import rel_error
 from jaxbp import layers as L
 from jaxbp import losses
 from jaxbp._compat import enable_x64
+from jaxbp.backprop import backprop
 from jaxbp.layers import init_state
 from jaxbp.protocols import forward_state
 from jaxbp.quantities import (
@@ -332,12 +333,13 @@ def test_each_leafs_rules_against_jax_grad_on_each_example(x64):
         assert rel_error(squares, jax.tree.map(lambda a: jnp.sum(a * a, axis=0), g)) <= RTOL
 
 
-def _result_shapes(stablehlo: str) -> set[str]:
-    """The shapes every operation in a lowered program produces ("32x64x128"), its arguments
-    left out: the type after "->", else the one after the last " : " of "%n = op ... : type"."""
+def _result_shapes(stablehlo: str, op: str = "") -> set[str]:
+    """The shapes the operations (named op, or every one) of a lowered program produce
+    ("32x64x128"), its arguments left out: the type after "->", else the one after the last " : "
+    of "%n = op ... : type"."""
     shapes = set()
     for line in stablehlo.splitlines():
-        if not re.match(r"\s*%\S+ = ", line) or " : " not in line:
+        if not re.match(rf"\s*%\S+ = .*{op}", line) or " : " not in line:
             continue
         result = line.rsplit(" : ", 1)[1].split("->")[-1]
         shapes.update(re.findall(r"tensor<((?:\d+x)*\d+)x[a-z]", result))
@@ -345,26 +347,22 @@ def _result_shapes(stablehlo: str) -> set[str]:
 
 
 def test_per_example_norms_of_dense_layers_form_no_gradient():
-    """Dense's norms are ||x_i||^2 ||dy_i||^2: neither a per-example gradient (32, in, out) nor
-    the batch's x^T dy (in, out) is ever computed (the README: "no x^T dy is formed"). The same
-    search finds them in per_example_grads, so it can fail."""
+    """Dense's norms are ||x_i||^2 ||dy_i||^2: neither a per-example gradient (32, in, out) by any
+    operation nor the batch's x^T dy (in, out) by a product is ever computed, in any order of
+    their axes (the README: "no x^T dy is formed"; a transposed W, (out, in), is no gradient).
+    The same search finds them in per_example_grads, so it can fail."""
     model = L.mlp([128, 10], "relu")
     _, params = model.init(jax.random.PRNGKey(0), (64,))
     x, y = jnp.ones((32, 64)), jnp.zeros((32,), jnp.int32)
-    # either gradient, per example (32, ...) or summed, in any order of its axes
-    gradients = {
-        "x".join(map(str, shape))
-        for dims in ((64, 128), (128, 10))
-        for shape in itertools.chain(
-            itertools.permutations(dims), itertools.permutations((32, *dims))
-        )
-    }
+    shapes = [(64, 128), (128, 10)]
+    per_example = {"x".join(map(str, s)) for d in shapes for s in itertools.permutations((32, *d))}
+    summed = {"x".join(map(str, s)) for d in shapes for s in itertools.permutations(d)}
 
     def made(quantity):
-        lowered = jax.jit(lambda p: quantity(model, losses.softmax_cross_entropy, p, x, y)).lower(
-            params
-        )
-        return _result_shapes(lowered.as_text()) & gradients
+        ce = losses.softmax_cross_entropy
+        text = jax.jit(lambda p: quantity(model, ce, p, x, y)).lower(params).as_text()
+        return (_result_shapes(text) & per_example) | (_result_shapes(text, "dot_general") & summed)
 
     assert made(per_example_norms) == set()
     assert made(per_example_grads) >= {"32x64x128", "32x128x10"}
+    assert made(backprop) & summed  # the plain gradient's x^T dy is found where it is formed
