@@ -45,11 +45,14 @@ def _readme_layout_table() -> dict[tuple[int, int, int], str]:
     return table
 
 
-README_TABLE = _readme_layout_table()
+try:  # read at collection for the parametrization; a README it cannot read fails the next test
+    README_TABLE = _readme_layout_table()
+except (AssertionError, ValueError, IndexError):
+    README_TABLE = {}
 
 
 def test_the_readmes_layout_table_has_its_five_layers():
-    assert len(README_TABLE) == 5 and (512, 1024, 10) in README_TABLE
+    assert len(_readme_layout_table()) == 5 and (512, 1024, 10) in README_TABLE
 
 
 @pytest.mark.parametrize("shape", README_TABLE)
