@@ -33,6 +33,7 @@ from jaxbp.layers.conv import Conv
 from jaxbp.layers.dense import Dense
 from jaxbp.layers.dropout import Dropout
 from jaxbp.layers.embedding import Embedding
+from jaxbp.layers.gpt2 import gpt2
 from jaxbp.layers.group_norm import GroupNorm
 from jaxbp.layers.mode import eval_mode, train_mode
 from jaxbp.layers.models import (
@@ -63,5 +64,5 @@ __all__ = [
     "residual_mlp", "branched_mlp", "PRESETS", "IMAGE_PRESETS", "preset", "Conv", "MaxPool",
     "AvgPool", "GlobalAvgPool", "cnn", "resnet", "SelfAttention", "LSTM", "GRU", "RNN",
     "PositionEmbedding", "Tied", "gpt", "char_rnn",
-    "GroupNorm",
+    "GroupNorm", "gpt2",
 ]  # fmt: skip

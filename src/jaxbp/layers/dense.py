@@ -20,10 +20,12 @@ class Dense(Layer):
 
     x: (batch, ..., in) -> y: (batch, ..., features); every leading axis is a batch axis for the
     sums in dW and db. Residual: x. W starts LeCun-normal (variance 1/in), b at zero.
+    use_bias=False: y = x @ W, params {"W"} alone (GPT-2's tied head).
     (weight_grad computes x^T dy in the layout that is fastest on the platform.)
     """
 
     features: int
+    use_bias: bool = True
     examples_independent = True  # row i of y reads row i of x
 
     def __post_init__(self):
@@ -31,29 +33,40 @@ class Dense(Layer):
             raise TypeError(f"Dense: features must be an int, got {self.features!r}")
         if self.features <= 0:
             raise ValueError(f"Dense: features must be positive, got {self.features}")
+        if not isinstance(self.use_bias, bool):
+            raise TypeError(f"Dense: use_bias must be a bool, got {self.use_bias!r}")
+
+    def __repr__(self):
+        return f"Dense(features={self.features}{'' if self.use_bias else ', use_bias=False'})"
 
     def init(self, key: PRNGKey, input_shape: Shape) -> tuple[Shape, Params]:
         if len(input_shape) < 1:
             raise ValueError(f"{self!r}: input shape must be (..., in), got {tuple(input_shape)}")
         fan_in = input_shape[-1]
         W = jax.random.normal(key, (fan_in, self.features)) / math.sqrt(fan_in)
-        return (*input_shape[:-1], self.features), {"W": W, "b": jnp.zeros((self.features,))}
+        bias = {"b": jnp.zeros((self.features,))} if self.use_bias else {}
+        return (*input_shape[:-1], self.features), {"W": W, **bias}
 
     def forward(self, params, x, *, key=None):
         _check_dense(self, params, x)
-        return x @ params["W"] + params["b"], x
+        y = x @ params["W"]
+        return (y + params["b"] if self.use_bias else y), x
 
     def backward(self, params, x, dy):
-        if x.ndim > 2:  # (batch, ..., in): the sums run over every leading axis
-            x, dy_2d = x.reshape(-1, x.shape[-1]), dy.reshape(-1, dy.shape[-1])
-            return {"W": weight_grad(x, dy_2d), "b": dy_2d.sum(0)}, dy @ params["W"].T
-        return {"W": weight_grad(x, dy), "b": dy.sum(0)}, dy @ params["W"].T
+        dx = dy @ params["W"].T
+        x_2d, dy_2d = x.reshape(-1, x.shape[-1]), dy.reshape(-1, dy.shape[-1])
+        # (batch, ..., in): the sums run over every leading axis
+        return self._with_bias({"W": weight_grad(x_2d, dy_2d)}, lambda: dy_2d.sum(0)), dx
+
+    def _with_bias(self, grads: dict, db) -> dict:
+        """grads with "b": db() added when the layer has a bias."""
+        return {**grads, "b": db()} if self.use_bias else grads
 
     # Optional per-example rules (jaxbp.quantities): backward's sums, the batch axis kept.
     def per_example_grads(self, params, x, dy):
         """dW_i = sum_t x_it^T dy_it: (batch, in, out); db_i = sum_t dy_it: (batch, out)."""
         x, dy = _per_example_3d(x), _per_example_3d(dy)
-        return {"W": jnp.einsum("bti,bto->bio", x, dy), "b": dy.sum(1)}
+        return self._with_bias({"W": jnp.einsum("bti,bto->bio", x, dy)}, lambda: dy.sum(1))
 
     def per_example_sq_norms(self, params, x, dy):
         """||dW_i||^2 + ||db_i||^2, (batch,), without dW_i where cheaper: one position, ||x_i||^2
@@ -61,7 +74,7 @@ class Dense(Layer):
         when T^2 (in + out) < T in out, else dW_i itself."""
         x, dy = _per_example_3d(x), _per_example_3d(dy)
         (T, n_in), n_out = x.shape[1:], dy.shape[-1]
-        db2 = jnp.sum(jnp.square(dy.sum(1)), axis=1)
+        db2 = jnp.sum(jnp.square(dy.sum(1)), axis=1) if self.use_bias else 0.0
         if T == 1:
             return jnp.sum(jnp.square(x), (1, 2)) * jnp.sum(jnp.square(dy), (1, 2)) + db2
         if T * (n_in + n_out) < n_in * n_out:  # the two (T, T) Gram matrices cost less
@@ -72,13 +85,16 @@ class Dense(Layer):
         """sum_i dW_i^2 = (x^2)^T (dy^2) for one position (BackPACK's trick), else from dW_i."""
         if x.ndim == 2:
             squares = weight_grad(jnp.square(x), jnp.square(dy))  # backward's fast layout
-            return {"W": squares, "b": jnp.sum(jnp.square(dy), 0)}
+            return self._with_bias({"W": squares}, lambda: jnp.sum(jnp.square(dy), 0))
         per_example = self.per_example_grads(params, x, dy)
         return jax.tree.map(lambda g: jnp.sum(jnp.square(g), 0), per_example)
 
     def kfac_rows(self, x):
-        """K-FAC's rows a = [x, 1], one per example and position: (rows, in + 1)."""
+        """K-FAC's rows a = [x, 1], one per example and position: (rows, in + 1); without a
+        bias, a = x: (rows, in)."""
         flat = x.reshape(-1, x.shape[-1])
+        if not self.use_bias:
+            return flat
         return jnp.concatenate([flat, jnp.ones((flat.shape[0], 1), flat.dtype)], axis=1)
 
     # Optional rule for feedback alignment (jaxbp.feedback): B, fixed, in W's place in dx.
@@ -114,19 +130,21 @@ def _per_example_3d(a):
 def _check_dense(layer: Dense, params, x) -> None:
     W, b = (params.get(k) if isinstance(params, dict) else None for k in ("W", "b"))
     shapes = {k: getattr(v, "shape", None) for k, v in (("W", W), ("b", b))}
+    names = {"W", "b"} if layer.use_bias else {"W"}
     if (
         not isinstance(params, dict)
-        or set(params) != {"W", "b"}
+        or set(params) != names
         or shapes["W"] is None
         or len(shapes["W"]) != 2
-        or shapes["b"] != (shapes["W"][1],)
+        or (layer.use_bias and shapes["b"] != (shapes["W"][1],))
     ):
         got = (
             {k: getattr(v, "shape", type(v).__name__) for k, v in params.items()}
             if isinstance(params, dict)
             else type(params).__name__
         )
-        raise ValueError(f"{layer!r}: params must be {{'W': (in, out), 'b': (out,)}}, got {got}")
+        want = "{'W': (in, out), 'b': (out,)}" if layer.use_bias else "{'W': (in, out)} alone"
+        raise ValueError(f"{layer!r}: params must be {want}, got {got}")
     check_input(layer, x)
     if x.shape[-1] != shapes["W"][0]:
         raise ValueError(

@@ -32,7 +32,8 @@ class Tied(CombinatorBase):
     as both the input and the output embedding.
 
     Init: the body's, the table scaled by 1 / sqrt(features), Dense's LeCun scale for its W.
-    Forward: W = table^T is put at `target` (whose params hold only "b"), then the body's walk.
+    Forward: W = table^T is put at `target` (whose params hold only "b", or nothing for a
+    Dense(use_bias=False): {}), then the body's walk.
     Backward: the body's walk, then dtable += dW^T and dW leaves the tree: a parameter that two
     layers read gets the sum of their two gradients (a fan-out, as x's in Residual).
     params, state and residuals: the body's, less the target's W; the body sits at Tied's own
@@ -112,9 +113,11 @@ class Tied(CombinatorBase):
                 f"{where}Tied: params at {source} must be {{'table': (vocab, C)}}, "
                 f"got {describe(embedding)}"
             )
-        if not isinstance(head, Mapping) or set(head) != {"b"}:
+        want = {"b"} if dict(leaves(self.body))[self.target].use_bias else set()
+        if not isinstance(head, Mapping) or set(head) != want:
+            alone = "{'b': (vocab,)} alone" if want else "{} (the head has no bias)"
             raise ValueError(
-                f"{where}Tied: params at {target} must be {{'b': (vocab,)}} alone, the head's W "
+                f"{where}Tied: params at {target} must be {alone}, the head's W "
                 f"being the table at {source} transposed; got {describe(head)}"
             )
         return _put(params, self.target, {**head, "W": table.T})
