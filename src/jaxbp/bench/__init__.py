@@ -5,7 +5,8 @@ report paired ratios as medians with their 95% confidence interval and the inter
 because this machine is shared and noisy. Three kinds of config: MLPs (`mlp.Config`, also the
 epoch, roofline and NumPy measurements) and convolutional nets with BatchNorm's state carried
 (`vision.VisionConfig`, with PyTorch eager and torch.compile as peers); and sequence models, a
-GPT and a character LSTM (`sequence.SequenceConfig`, nn.LSTM a peer too).
+GPT and a character LSTM (`sequence.SequenceConfig`, nn.LSTM a peer too); and GPT-2 124M
+(`gpt2.GPT2Config`: AdamW steps, the roofline, memory, where the time goes, PyTorch peers).
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxbp.bench import mlp, sequence, vision
+from jaxbp.bench import gpt2, mlp, sequence, vision
 from jaxbp.bench._timing import compile_seconds, interleaved, ratio
 from jaxbp.bench.mlp import SETTLE_SECONDS, Config, _problem, _stepper
 from jaxbp.bench.sequence import SequenceConfig
+from jaxbp.bench.gpt2 import GPT2Config
 from jaxbp.bench.vision import VisionConfig
 from jaxbp.losses import get as get_loss
 from jaxbp.train import make_step
@@ -45,6 +47,7 @@ CONFIGS: dict[str, Config | VisionConfig] = {
     "deep": Config("deep", 32, (64,) * 16 + (1,), "tanh", "mse", 64),
     **vision.CONFIGS,
     **sequence.CONFIGS,
+    **gpt2.CONFIGS,
 }
 
 
@@ -126,6 +129,8 @@ def run_config(
     report: Callable[[str], None] = lambda line: None,
 ) -> dict:
     """Every measurement of one model; `report` gets a line as each one finishes."""
+    if isinstance(config, GPT2Config):
+        return gpt2.run_config(config, quick=quick, report=report)
     reps, steps = (5, 4) if quick else (41, 50)
     # The headline ratios get the most samples: a 0.5% difference needs a thousand or so.
     grad_seconds, step_seconds = (0.0, 0.0) if quick else (GRADIENT_SECONDS, STEP_SECONDS)
@@ -194,7 +199,13 @@ def run(
 
 
 def to_markdown(results: dict) -> str:
-    """Every table; the sequence configs get one more, with nn.LSTM and the jax.grad step."""
-    seq = {n: r for n, r in results["configs"].items() if "jax_grad_s" in r.get("peers", {})}
-    text = _to_markdown(results)
-    return f"{text}\n\n{sequence.to_markdown(seq)}" if seq else text
+    """Every table; the sequence configs get one more, with nn.LSTM and the jax.grad step; the
+    GPT-2 configs tables of their own."""
+    configs = results["configs"]
+    big = {n: r for n, r in configs.items() if "memory" in r}
+    rest = {n: r for n, r in configs.items() if n not in big}
+    seq = {n: r for n, r in rest.items() if "jax_grad_s" in r.get("peers", {})}
+    text = _to_markdown({**results, "configs": rest})
+    text = text if rest else text.split("\n")[0]  # the machine line alone
+    text = f"{text}\n\n{sequence.to_markdown(seq)}" if seq else text
+    return f"{text}\n\n{gpt2.to_markdown(big)}".strip() if big else text

@@ -16,8 +16,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from jaxbp.layers import LSTM, Dense, Embedding, Gelu, LayerNorm, SelfAttention
+from jaxbp.layers import LSTM, Dense, Embedding, Gelu, LayerNorm, SelfAttention, Tied
 from jaxbp.layers.combinators import Residual, Serial
+from jaxbp.layers.gpt2 import GPT2
 from jaxbp.layers.position import PositionEmbedding
 
 
@@ -26,11 +27,12 @@ def _param(a) -> nn.Parameter:
 
 
 def _linear(W, b) -> nn.Linear:
-    """nn.Linear computing x @ W + b (PyTorch keeps W transposed)."""
-    linear = nn.Linear(*np.shape(W))
+    """nn.Linear computing x @ W + b, or x @ W for b None (PyTorch keeps W transposed)."""
+    linear = nn.Linear(*np.shape(W), bias=b is not None)
     with torch.no_grad():
         linear.weight.copy_(torch.from_numpy(np.array(W, np.float32)).T)
-        linear.bias.copy_(torch.from_numpy(np.array(b, np.float32)))
+        if b is not None:
+            linear.bias.copy_(torch.from_numpy(np.array(b, np.float32)))
     return linear
 
 
@@ -107,6 +109,13 @@ class _FusedLSTM(nn.Module):
 
 def torch_module(layer: Any, params, *, fused_lstm: bool = False) -> nn.Module:
     """The PyTorch module computing `layer` with `params` (float32; batch-first sequences)."""
+    if isinstance(layer, GPT2):
+        return torch_module(layer.body, params, fused_lstm=fused_lstm)
+    if isinstance(layer, Tied):  # one nn.Parameter: the head's weight (V, C) is the table
+        net = torch_module(layer.body, layer._tie(params, ()), fused_lstm=fused_lstm)
+        source, target = (_submodule(net, p) for p in (layer.source, layer.target))
+        target.weight = source.weight
+        return net
     if isinstance(layer, Serial):
         return nn.Sequential(
             *(torch_module(c, p, fused_lstm=fused_lstm) for c, p in zip(layer.layers, params))
@@ -128,7 +137,7 @@ def torch_module(layer: Any, params, *, fused_lstm: bool = False) -> nn.Module:
     if isinstance(layer, SelfAttention):
         return _Attention(layer, params)
     if isinstance(layer, Dense):
-        return _linear(params["W"], params["b"])
+        return _linear(params["W"], params.get("b"))
     if isinstance(layer, Gelu):
         return nn.GELU(approximate="tanh" if layer.approximate else "none")
     if isinstance(layer, LSTM):
@@ -136,11 +145,31 @@ def torch_module(layer: Any, params, *, fused_lstm: bool = False) -> nn.Module:
     raise ValueError(f"no PyTorch peer for layer {layer!r}")
 
 
+def _submodule(net: nn.Module, path: tuple[int, ...]) -> nn.Module:
+    """The module at a jaxbp path: nn.Sequential's children by index, a _Residual's body."""
+    for step in path:
+        while isinstance(net, _Residual):
+            net = net.body
+        net = net[step]
+    return net
+
+
 def sgd_step(model, params, *, lr: float, compiled: bool = False, fused_lstm: bool = False):
     """A PyTorch SGD step on next-token cross-entropy (the mean over batch and time):
     step(ids, targets) -> loss; step.convert(x, y) turns the NumPy ids into its inputs."""
+    return train_step(model, params, lambda p: torch.optim.SGD(p, lr=lr), compiled, fused_lstm)
+
+
+def adamw_step(model, params, *, compiled: bool = False, **adamw) -> Any:
+    """The same step with torch.optim.AdamW(lr, betas, eps, weight_decay): PyTorch's default
+    implementation on the platform (foreach on CPU), as a PyTorch user gets it."""
+    return train_step(model, params, lambda p: torch.optim.AdamW(p, **adamw), compiled, False)
+
+
+def train_step(model, params, optimizer, compiled: bool, fused_lstm: bool) -> Any:
+    """step(ids, targets) -> loss with optimizer(parameters) on the torch twin of model."""
     net = torch_module(model, params, fused_lstm=fused_lstm)
-    opt = torch.optim.SGD(net.parameters(), lr=lr)
+    opt = optimizer(net.parameters())
     run = torch.compile(net) if compiled else net
 
     def step(ids, targets):

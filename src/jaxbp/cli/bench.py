@@ -13,12 +13,16 @@ roofline): cnn (the cnn preset on 8x8 digits, batch 128), resnet (8 residual blo
 channels on random 32x32x3 images, batch 64); sequence models on next-token prediction, PyTorch
 eager and torch.compile as peers: gpt (4 layers, 128 features, 4 heads, context 32, vocab 28,
 batch 64), lstm (char_rnn: embedding 64, LSTM 256, T 32, batch 64; nn.LSTM a peer too).
+GPT-2 124M, only when named (each takes minutes): gpt2 (batch 4 x 64, llm.c's CPU shapes),
+gpt2-t256 and gpt2-t1024 (batch 1): AdamW steps, the roofline, memory with and without attention
+recompute, where the time goes, PyTorch eager and torch.compile.
 
 examples:
   jaxbp bench --quick
   jaxbp bench --configs digits wide --out runs/bench-wide
   jaxbp bench --configs cnn resnet --out runs/bench-vision
   jaxbp bench --configs gpt lstm --out runs/bench-sequence
+  jaxbp bench --configs gpt2 --out runs/bench-gpt2
   jaxbp bench --out benchmarks/results --overwrite      # refresh the committed results
   jaxbp bench --model 784:1024,1024,10:relu:softmax_cross_entropy:512
   jaxbp bench --quantities --out runs/bench-quantities   # vs vmap(jax.grad), BackPACK, Opacus
@@ -32,7 +36,8 @@ from pathlib import Path
 from jaxbp.cli._common import UsageError, bad_input, require_writable
 
 HELP = "benchmark backprop against jax.grad, NumPy and PyTorch"
-CONFIG_NAMES = ("seed", "digits", "wide", "deep", "cnn", "resnet", "gpt", "lstm")
+DEFAULT_CONFIGS = ("seed", "digits", "wide", "deep", "cnn", "resnet", "gpt", "lstm")
+CONFIG_NAMES = (*DEFAULT_CONFIGS, "gpt2", "gpt2-t256", "gpt2-t1024")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -41,7 +46,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         choices=CONFIG_NAMES,
         default=None,
-        help="which built-in configs (default all; with --quick: seed digits)",
+        help="which built-in configs (default all but the gpt2 ones; with --quick: seed digits)",
     )
     parser.add_argument(
         "--model",
@@ -77,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
 
     with bad_input("--model"):
         customs = [bench.parse_config(spec) for spec in args.model]
-    names = args.configs or (["seed", "digits"] if args.quick else list(CONFIG_NAMES))
+    names = args.configs or (["seed", "digits"] if args.quick else list(DEFAULT_CONFIGS))
     stem, measure, markdown = "results", bench.run, bench.to_markdown
     if args.quantities is not None:  # the quantity benchmark instead, into files of its own
         stem, measure, markdown, names = _quantities(args, bool(customs))

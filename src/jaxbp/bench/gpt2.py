@@ -1,0 +1,396 @@
+"""GPT-2 benchmark configs: `gpt2("124M")` on random ids at llm.c's CPU shapes (batch 4 x 64),
+and at batch 1 with T 256 and 1024, where attention's share grows.
+
+Measured side by side in one process, each phase interleaved (`_timing.interleaved`):
+- gradient: jit(backprop) against jit(jax.grad) and a null (jax.grad against a fresh copy of
+  itself, how far from 1.000 the same program lands here);
+- step: a whole AdamW step (optax.adamw, buffers donated) with each engine, its null, and a bare
+  2048^3 float32 matmul in the same rotation: the roofline fraction is the step's matmul FLOP
+  rate over the bare matmul's, pair by pair;
+- memory: XLA's buffer assignment for the backprop step, with and without attention recompute
+  (arguments + outputs + temporaries - aliased: the step's peak, as XLA plans it);
+- parts: where the time goes, each part jitted alone at the config's shapes;
+- peers: PyTorch eager and torch.compile, the same model and weights, torch.optim.AdamW.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxbp.bench._timing import interleaved, median_ci, ratio
+from jaxbp.bench.mlp import _stepper
+from jaxbp.layers.gpt2 import SIZES, VOCAB_SIZE, gpt2
+from jaxbp.losses import softmax_cross_entropy
+from jaxbp.train import make_step
+
+# llm.c's train_gpt2.c: AdamW(lr 1e-4, betas 0.9, 0.999, eps 1e-8, weight decay 0).
+ADAMW = {"learning_rate": 1e-4, "b1": 0.9, "b2": 0.999, "eps": 1e-8, "weight_decay": 0.0}
+MATMUL_N = 2048  # the roofline's bare matmul: 2048 x 2048 @ 2048 x 2048, float32
+
+
+@dataclasses.dataclass(frozen=True)
+class GPT2Config:
+    """gpt2(size) on random ids (batch, T), softmax cross-entropy over every position."""
+
+    name: str
+    batch: int
+    T: int
+    size: str = "124M"
+    loss: str = "softmax_cross_entropy"
+
+    def model(self, recompute: bool = False):
+        return gpt2(self.size, recompute=recompute)
+
+    def describe(self) -> str:
+        return (
+            f"gpt2({self.size!r}) on random ids, batch {self.batch} x T {self.T}, "
+            f"AdamW (llm.c's settings), softmax cross-entropy over {VOCAB_SIZE:,} classes"
+        )
+
+    def problem(self, recompute: bool = False):
+        """(model, loss, params, state, x, y); state is None."""
+        model = self.model(recompute)
+        kp, kx, ky = jax.random.split(jax.random.PRNGKey(0), 3)
+        _, params = model.init(kp, (self.T,))
+        x = jax.random.randint(kx, (self.batch, self.T), 0, VOCAB_SIZE)
+        y = jax.random.randint(ky, (self.batch, self.T), 0, VOCAB_SIZE)
+        return model, softmax_cross_entropy, params, None, x, y
+
+    def flops(self, recompute: bool = False) -> dict[str, float]:
+        """Matmul FLOPs of one gradient, as the program computes them (attention's (T, T)
+        products in full, the causal mask applied after): 3x the forward's (the forward, and
+        backward's two products per forward product); recompute adds one q k^T per layer."""
+        layers, C, _ = SIZES[self.size]
+        tokens = self.batch * self.T
+        dense = 2 * tokens * (layers * 12 * C * C + VOCAB_SIZE * C)  # qkv, out, fc, proj; head
+        attention = 2 * 2 * layers * self.batch * self.T**2 * C  # q k^T and p v
+        forward = dense + attention
+        extra = attention / 2 if recompute else 0.0
+        return {"forward": float(forward), "gradient": float(3 * forward + extra)}
+
+
+CONFIGS = {
+    "gpt2": GPT2Config("gpt2", 4, 64),
+    "gpt2-t256": GPT2Config("gpt2-t256", 1, 256),
+    "gpt2-t1024": GPT2Config("gpt2-t1024", 1, 1024),
+}
+
+
+def _copy(tree):
+    return jax.tree.map(jnp.copy, tree)  # donation consumes buffers
+
+
+def _gradient_fn(model, loss, engine: str) -> Callable:
+    from jaxbp import autodiff, backprop
+
+    f = backprop if engine == "backprop" else autodiff
+    return jax.jit(lambda p, x, y: f(model, loss, p, x, y))
+
+
+def gradient_times(config: GPT2Config, reps: int) -> dict:
+    model, loss, params, _, x, y = config.problem()
+    fns = {
+        name: functools.partial(_gradient_fn(model, loss, engine), params, x, y)
+        for name, engine in (("backprop", "backprop"), ("jax.grad", "autodiff"),
+                             ("null", "autodiff"))  # fmt: skip
+    }
+    t = interleaved(fns, reps=reps, warmup=1)
+    return {
+        "backprop_s": float(np.median(t["backprop"])),
+        "jax_grad_s": float(np.median(t["jax.grad"])),
+        "ratio": ratio(t["backprop"], t["jax.grad"]),
+        "null_ratio": ratio(t["null"], t["jax.grad"]),
+        "samples": len(t["backprop"]),
+        **_rooflines(config, {"backprop": t["backprop"]}, None),
+    }
+
+
+def _matmul() -> Callable:
+    a, b = (jax.random.normal(jax.random.PRNGKey(i), (MATMUL_N, MATMUL_N)) for i in (1, 2))
+    mm = jax.jit(lambda a, b: a @ b)
+    return lambda: mm(a, b)
+
+
+def _rooflines(config: GPT2Config, times: dict, matmul) -> dict:
+    """The FLOP rate of each timed program over the bare matmul's, pair by pair (median and
+    95% CI); without matmul samples, only the rates."""
+    flops = config.flops()["gradient"]
+    out = {f"{name}_gflops": flops / float(np.median(t)) / 1e9 for name, t in times.items()}
+    if matmul is None:
+        return out
+    peak = 2 * MATMUL_N**3 / matmul
+    out["matmul_gflops"] = float(np.median(peak)) / 1e9
+    for name, t in times.items():
+        fraction = (flops / t) / peak
+        low, high = median_ci(fraction)
+        out[f"{name}_roofline"] = {"median": float(np.median(fraction)), "ci95_low": low,
+                                   "ci95_high": high}  # fmt: skip
+    return out
+
+
+def _steppers(config: GPT2Config, engines: dict[str, str], optimizer=None) -> dict:
+    model, loss, params, _, x, y = config.problem()
+    opt = optimizer or optax.adamw(**ADAMW)
+    return {
+        name: _stepper(make_step(model, loss, opt, engine), _copy(params), opt.init(params), x, y)
+        for name, engine in engines.items()
+    }
+
+
+def step_times(config: GPT2Config, reps: int) -> dict:
+    """AdamW steps with each engine (and the null), the bare matmul in the same rotation."""
+    fns = _steppers(config, {"backprop": "backprop", "jax.grad": "autodiff", "null": "autodiff"})
+    fns["matmul"] = _matmul()
+    t = interleaved(fns, reps=reps, warmup=1)
+    steps = {"backprop": t["backprop"], "jax.grad": t["jax.grad"]}
+    return {
+        "backprop_s": float(np.median(t["backprop"])),
+        "jax_grad_s": float(np.median(t["jax.grad"])),
+        "matmul_s": float(np.median(t["matmul"])),
+        "ratio": ratio(t["backprop"], t["jax.grad"]),
+        "null_ratio": ratio(t["null"], t["jax.grad"]),
+        "samples": len(t["backprop"]),
+        "flops": config.flops()["gradient"],
+        **_rooflines(config, steps, t["matmul"]),
+    }
+
+
+def memory(config: GPT2Config) -> dict:
+    """XLA's planned peak of the backprop AdamW step, with and without attention recompute:
+    arguments + outputs + temporaries - what outputs alias (donated params and moments)."""
+    out = {}
+    for recompute in (False, True):
+        model, loss, params, _, x, y = config.problem(recompute)
+        opt = optax.adamw(**ADAMW)
+        step = make_step(model, loss, opt, "backprop")
+        args = (params, opt.init(params), x, y)
+        stats = step.lower(*args).compile().memory_analysis()
+        total = (
+            stats.argument_size_in_bytes + stats.output_size_in_bytes
+            + stats.temp_size_in_bytes - stats.alias_size_in_bytes
+        )  # fmt: skip
+        out["recompute" if recompute else "saved_p"] = {
+            "peak_bytes": int(total),
+            "temp_bytes": int(stats.temp_size_in_bytes),
+            "argument_bytes": int(stats.argument_size_in_bytes),
+        }
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Where the time goes: each part of the step jitted alone, at the config's shapes
+
+
+def _parts(config: GPT2Config) -> dict[str, Callable]:
+    """Callables for each part of one backprop AdamW step, built from the model's own layers."""
+    from jaxbp.walk import layer_at
+
+    model, loss, params, _, x, y = config.problem()
+    layers, C, _ = SIZES[config.size]
+    table = params[0]["table"]
+    key = jax.random.split(jax.random.PRNGKey(3), 4)
+    h = jax.random.normal(key[0], (config.batch, config.T, C))
+    dlogits = jax.random.normal(key[1], (config.batch, config.T, VOCAB_SIZE)) * 1e-6
+    head = layer_at(model, (len(params) - 1,))
+    embedding = layer_at(model, (0,))
+
+    @jax.jit
+    def head_matmuls(table, h, dlogits):  # forward logits, dx, dW (the Tied head's, as one)
+        logits, saved = head.forward({"W": table.T}, h)
+        grads, dh = head.backward({"W": table.T}, saved, dlogits)
+        return logits, dh, grads["W"].T + table
+
+    @jax.jit
+    def cross_entropy(logits, y):  # the loss's forward and backward over 50,257 classes
+        value, saved = loss.forward(logits, y)
+        return value, loss.backward(saved)
+
+    @jax.jit
+    def embedding_scatter(table, x, dh):  # the token rows' gradient, added to the head's
+        grads, _ = embedding.backward({"table": table}, x, dh)
+        return grads["table"] + table
+
+    block_model = model.body.body  # the Tied serial: one attention and one MLP block
+    blocks = (block_model.layers[2], block_model.layers[3])
+    block_params = (params[2], params[3])
+
+    @jax.jit
+    def one_layer(p, h, dh):  # attention block and MLP block, forward and backward
+        y1, r1 = blocks[0].forward(p[0], h)
+        y2, r2 = blocks[1].forward(p[1], y1)
+        g2, d1 = blocks[1].backward(p[1], r2, dh)
+        g1, d0 = blocks[0].backward(p[0], r1, d1)
+        return (g1, g2), d0
+
+    opt = optax.adamw(**ADAMW)
+    grads = jax.tree.map(lambda a: a * 1e-3, params)
+
+    def adamw(p, s, g):
+        updates, s = opt.update(g, s, p)
+        return optax.apply_updates(p, updates), s
+
+    adamw_jit = jax.jit(adamw, donate_argnums=(0, 1))
+    state = [_copy(params), opt.init(params)]
+
+    def optimizer():
+        state[0], state[1] = adamw_jit(state[0], state[1], grads)
+        return state[0][0]["table"]
+
+    logits = jnp.einsum("btc,vc->btv", h, table)
+    return {
+        "head matmuls (logits, dx, dtable)": lambda: head_matmuls(table, h, dlogits),
+        "softmax cross-entropy": lambda: cross_entropy(logits, y),
+        "embedding scatter + tied sum": lambda: embedding_scatter(table, x, h),
+        f"blocks ({layers} x attention + MLP)": lambda: one_layer(block_params, h, h),
+        "AdamW (optax)": optimizer,
+        "whole step (backprop)": _steppers(config, {"backprop": "backprop"})["backprop"],
+    }
+
+
+def part_times(config: GPT2Config, reps: int) -> dict:
+    """Seconds of each part of the step, jitted alone and interleaved; the blocks' time is one
+    layer's times num_layers; "rest" is the whole step less the sum of the parts."""
+    layers = SIZES[config.size][0]
+    t = interleaved(_parts(config), reps=reps, warmup=1)
+    seconds = {name: float(np.median(v)) for name, v in t.items()}
+    for name in seconds:
+        if name.startswith("blocks"):
+            seconds[name] *= layers
+    whole = seconds.pop("whole step (backprop)")
+    seconds["rest (embedding and position forward, final LayerNorm, glue)"] = whole - sum(
+        seconds.values()
+    )
+    return {"whole_s": whole, "parts_s": seconds}
+
+
+# ---------------------------------------------------------------------------------------------
+# PyTorch peers
+
+
+def peer_times(config: GPT2Config, reps: int, *, compiled: bool = True) -> dict:
+    """The jaxbp AdamW step (backprop) beside PyTorch eager's and torch.compile's, the same
+    weights and settings, interleaved."""
+    fns = _steppers(config, {"jaxbp": "backprop"})
+    missing: dict[str, str] = {}
+    for name, compile_it in (("torch", False), ("torch_compile", True)):
+        why = _add_torch_peer(fns, name, config, compile_it, quick=not compiled)
+        if why:
+            missing[name] = why
+    t = interleaved(fns, reps=reps, warmup=1)
+    return (
+        {f"{name}_s": float(np.median(v)) for name, v in t.items()}
+        | {f"{name}_over_jaxbp": ratio(v, t["jaxbp"]) for name, v in t.items() if name != "jaxbp"}
+        | ({"missing": missing} if missing else {})
+    )
+
+
+def _add_torch_peer(fns, name, config, compile_it, *, quick) -> str | None:
+    if compile_it and quick:
+        return "skipped (quick run)"
+    try:
+        import torch  # noqa: F401
+
+        from jaxbp.bench import torch_seq
+    except ImportError:
+        return "torch not installed"
+    model, _, params, _, x, y = config.problem()
+    adamw = {"lr": ADAMW["learning_rate"], "betas": (ADAMW["b1"], ADAMW["b2"]),
+             "eps": ADAMW["eps"], "weight_decay": ADAMW["weight_decay"]}  # fmt: skip
+    step = torch_seq.adamw_step(model, params, compiled=compile_it, **adamw)
+    xt, yt = step.convert(np.asarray(x), np.asarray(y))
+    try:
+        step(xt, yt)
+    except Exception as error:  # noqa: BLE001 - inductor raises many kinds (no compiler, ...)
+        return f"failed: {type(error).__name__}"
+    fns[name] = lambda: step(xt, yt)
+    return None
+
+
+def run_config(config: GPT2Config, *, quick: bool, report: Callable[[str], None]) -> dict:
+    """Every measurement of one GPT-2 config; `report` gets a line as each finishes."""
+    import time
+
+    from jaxbp.bench._report import summarize
+
+    reps = 1 if quick else 6
+    phases = {
+        "gradient": lambda: gradient_times(config, reps),
+        "step": lambda: step_times(config, reps),
+        "memory": lambda: memory(config),
+        "parts": lambda: part_times(config, reps),
+        "peers": lambda: peer_times(config, reps, compiled=not quick),
+    }
+    result = {"config": config.describe()}
+    for name, measure in phases.items():
+        t0 = time.perf_counter()
+        result[name] = measure()
+        line = summary(name, result[name]) or summarize(name, result[name])
+        report(f"  {name}: {line} ({time.perf_counter() - t0:.0f} s)")
+    return result
+
+
+def to_markdown(configs: dict) -> str:
+    """The GPT-2 tables: engines, roofline and peers; memory; where the time goes."""
+    from jaxbp.bench._report import _r, _t
+
+    head = ["config", "gradient: backprop", "jax.grad", "backprop / jax.grad", "null",
+            "step: backprop", "jax.grad", "backprop / jax.grad", "null", "step roofline",
+            "PyTorch eager", "eager / jaxbp", "torch.compile", "compile / jaxbp"]  # fmt: skip
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for name, r in configs.items():
+        g, s, p = r["gradient"], r["step"], r["peers"]
+        roof = s["backprop_roofline"]
+        cells = [
+            name, _t(g["backprop_s"]), _t(g["jax_grad_s"]), _r(g["ratio"]), _r(g["null_ratio"]),
+            _t(s["backprop_s"]), _t(s["jax_grad_s"]), _r(s["ratio"]), _r(s["null_ratio"]),
+            f"{roof['median']:.0%} [{roof['ci95_low']:.0%}-{roof['ci95_high']:.0%}] of "
+            f"{s['matmul_gflops']:.0f} GFLOP/s",
+        ]  # fmt: skip
+        for peer in ("torch", "torch_compile"):
+            if f"{peer}_s" in p:
+                cells += [_t(p[f"{peer}_s"]), _r(p[f"{peer}_over_jaxbp"])]
+            else:
+                cells += [p.get("missing", {}).get(peer, "-"), "-"]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "| config | peak memory, p saved | with recompute | temporaries, p saved | "
+              "with recompute |", "| --- | --- | --- | --- | --- |"]  # fmt: skip
+    for name, r in configs.items():
+        m = r["memory"]
+        lines.append(
+            f"| {name} | {_mb(m['saved_p']['peak_bytes'])} | {_mb(m['recompute']['peak_bytes'])} "
+            f"| {_mb(m['saved_p']['temp_bytes'])} | {_mb(m['recompute']['temp_bytes'])} |"
+        )
+    for name, r in configs.items():
+        parts = r["parts"]
+        lines += ["", f"Where the time goes, {name} (each part jitted alone; whole step "
+                  f"{_t(parts['whole_s'])}):", "", "| part | time | share |", "| --- | --- | --- |"]  # fmt: skip
+        for part, seconds in parts["parts_s"].items():
+            lines.append(f"| {part} | {_t(seconds)} | {seconds / parts['whole_s']:.0%} |")
+    return "\n".join(lines)
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2**20:,.0f} MiB"
+
+
+def summary(phase: str, r: dict) -> str | None:
+    """One line for the progress report, or None for the generic one."""
+    if phase == "memory":
+        return ", ".join(f"{k}: {_mb(v['peak_bytes'])} peak" for k, v in r.items())
+    if phase == "parts":
+        return ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in r["parts_s"].items())
+    if phase == "step" and "backprop_roofline" in r:
+        return (
+            f"backprop {r['backprop_s'] * 1e3:.0f} ms, jax.grad {r['jax_grad_s'] * 1e3:.0f} ms, "
+            f"ratio {r['ratio']['median']:.3f}, null {r['null_ratio']['median']:.3f}, roofline "
+            f"{r['backprop_roofline']['median']:.0%} of {r['matmul_gflops']:.0f} GFLOP/s"
+        )
+    return None
+
