@@ -39,8 +39,8 @@ Layer (optional: what a layer knows about itself; each default is the safe one)
         forward and backward alone, which costs less than a backward per example. Default False.
     kfac_rows(x) -> a: (rows, fan_in + 1), or (rows, fan_in) for a layer without a bias
         K-FAC's input rows [x, 1], one per example and position, such that each output row is
-        a @ [W.reshape(-1, features); b] (a @ W.reshape(-1, features) without a bias). Without it, kfac_factors refuses the layer (or, when
-        asked explicitly, leaves it out).
+        a @ [W.reshape(-1, features); b] (a @ W.reshape(-1, features) without a bias).
+        Without it, kfac_factors refuses the layer (or, when asked explicitly, leaves it out).
     selects: bool
         True when the rule picks among inputs (a maximum, a kink at 0), so that ties decide
         where the gradient goes: the checker then also draws inputs with ties. Default False.

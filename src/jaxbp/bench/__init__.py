@@ -23,9 +23,9 @@ import optax
 
 from jaxbp.bench import gpt2, mlp, sequence, vision
 from jaxbp.bench._timing import compile_seconds, interleaved, ratio
+from jaxbp.bench.gpt2 import GPT2Config
 from jaxbp.bench.mlp import SETTLE_SECONDS, Config, _problem, _stepper
 from jaxbp.bench.sequence import SequenceConfig
-from jaxbp.bench.gpt2 import GPT2Config
 from jaxbp.bench.vision import VisionConfig
 from jaxbp.losses import get as get_loss
 from jaxbp.train import make_step

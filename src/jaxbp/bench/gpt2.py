@@ -98,8 +98,11 @@ def gradient_times(config: GPT2Config, reps: int) -> dict:
     model, loss, params, _, x, y = config.problem()
     fns = {
         name: functools.partial(_gradient_fn(model, loss, engine), params, x, y)
-        for name, engine in (("backprop", "backprop"), ("jax.grad", "autodiff"),
-                             ("null", "autodiff"))  # fmt: skip
+        for name, engine in (
+            ("backprop", "backprop"),
+            ("jax.grad", "autodiff"),
+            ("null", "autodiff"),
+        )  # fmt: skip
     }
     t = interleaved(fns, reps=reps, warmup=1)
     return {
@@ -369,8 +372,9 @@ def to_markdown(configs: dict) -> str:
         )
     for name, r in configs.items():
         parts = r["parts"]
-        lines += ["", f"Where the time goes, {name} (each part jitted alone; whole step "
-                  f"{_t(parts['whole_s'])}):", "", "| part | time | share |", "| --- | --- | --- |"]  # fmt: skip
+        title = f"Where the time goes, {name} (each part jitted alone; whole step "
+        lines += ["", f"{title}{_t(parts['whole_s'])}):", "", "| part | time | share |",
+                  "| --- | --- | --- |"]  # fmt: skip
         for part, seconds in parts["parts_s"].items():
             lines.append(f"| {part} | {_t(seconds)} | {seconds / parts['whole_s']:.0%} |")
     return "\n".join(lines)
@@ -393,4 +397,3 @@ def summary(phase: str, r: dict) -> str | None:
             f"{r['backprop_roofline']['median']:.0%} of {r['matmul_gflops']:.0f} GFLOP/s"
         )
     return None
-

@@ -164,19 +164,20 @@ def kfac_factors(
     {"A": A, "G": G}.
 
     a = layer.kfac_rows(x): the layer's input rows (a Conv's patches, ordered as
-    W.reshape(-1, features)) with a one appended for the bias (none without one). A = (1/P) sum of a a^T over the
-    layer's P rows (every example, and every window of a Conv or step of a sequence): (in + 1,
-    in + 1). G = sum of d d^T over the layer's output rows and over the columns s_j of C's
-    loss-Hessian square root, d the delta s_j sends to the layer: (features, features).
+    W.reshape(-1, features)) with a one appended for the bias (none for a layer without one).
+    A = (1/P) sum of a a^T over the layer's P rows (every example, and every window of a Conv
+    or step of a sequence): (in + 1, in + 1). G = sum of d d^T over the layer's output rows
+    and over the columns s_j of C's loss-Hessian square root, d the delta s_j sends to the
+    layer: (features, features).
     C = (1/N) sum of N per-position losses (N = m, or m T for a loss over a sequence), so each
     column carries 1/sqrt(N) and G carries 1/N once. For a Dense layer on vectors that is
     G = (1/m) sum_i J_i^T H_i J_i, H_i the Hessian of L_i (not of C) in the network's output and
     J_i the Jacobian of that output in the layer's output: the mean per-example GGN at the layer,
     on the same scale as A. kron(A, G) approximates the GGN block of C in
-    theta = [W.reshape(-1, features); b] (row-major; W's alone without a bias), exactly when the rows share one a and one
-    J^T H J (one example at one position, or a batch of copies of it). samples=n draws n Monte
-    Carlo columns (key needed) instead of the exact ones (k per position of one example's loss,
-    each column covering every example).
+    theta = [W.reshape(-1, features); b] (row-major; W alone without a bias), exactly when the
+    rows share one a and one J^T H J (one example at one position, or a batch of copies of it).
+    samples=n draws n Monte Carlo columns (key needed) instead of the exact ones (k per
+    position of one example's loss, each column covering every example).
 
     A layer with params and no kfac_rows raises NotImplementedError naming its path, unless
     unsupported="skip" leaves such layers out (their blocks are then not approximated at all).
