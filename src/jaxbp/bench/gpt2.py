@@ -26,7 +26,7 @@ import optax
 
 from jaxbp.bench._timing import interleaved, median_ci, ratio
 from jaxbp.bench.mlp import _stepper
-from jaxbp.layers.gpt2 import SIZES, VOCAB_SIZE, gpt2
+from jaxbp.layers.gpt2 import SIZES, VOCAB_SIZE, build_gpt2, gpt2
 from jaxbp.losses import softmax_cross_entropy
 from jaxbp.train import make_step
 
@@ -44,14 +44,25 @@ class GPT2Config:
     T: int
     size: str = "124M"
     loss: str = "softmax_cross_entropy"
+    # (vocab, layers, features, heads) of a small GPT-2 for the tests, in place of size's
+    custom: tuple[int, int, int, int] | None = None
+
+    @property
+    def dims(self) -> tuple[int, int, int, int]:
+        """(vocab, layers, features, heads)."""
+        return self.custom or (VOCAB_SIZE, *SIZES[self.size])
 
     def model(self, recompute: bool = False):
+        if self.custom:
+            vocab, layers, C, heads = self.custom
+            return build_gpt2(vocab, 1024, layers, C, heads, recompute=recompute)
         return gpt2(self.size, recompute=recompute)
 
     def describe(self) -> str:
+        what = f"GPT-2 {self.custom}" if self.custom else f"gpt2({self.size!r})"
         return (
-            f"gpt2({self.size!r}) on random ids, batch {self.batch} x T {self.T}, "
-            f"AdamW (llm.c's settings), softmax cross-entropy over {VOCAB_SIZE:,} classes"
+            f"{what} on random ids, batch {self.batch} x T {self.T}, AdamW (llm.c's "
+            f"settings), softmax cross-entropy over {self.dims[0]:,} classes"
         )
 
     def problem(self, recompute: bool = False):
@@ -59,17 +70,17 @@ class GPT2Config:
         model = self.model(recompute)
         kp, kx, ky = jax.random.split(jax.random.PRNGKey(0), 3)
         _, params = model.init(kp, (self.T,))
-        x = jax.random.randint(kx, (self.batch, self.T), 0, VOCAB_SIZE)
-        y = jax.random.randint(ky, (self.batch, self.T), 0, VOCAB_SIZE)
+        x = jax.random.randint(kx, (self.batch, self.T), 0, self.dims[0])
+        y = jax.random.randint(ky, (self.batch, self.T), 0, self.dims[0])
         return model, softmax_cross_entropy, params, None, x, y
 
     def flops(self, recompute: bool = False) -> dict[str, float]:
         """Matmul FLOPs of one gradient, as the program computes them (attention's (T, T)
         products in full, the causal mask applied after): 3x the forward's (the forward, and
         backward's two products per forward product); recompute adds one q k^T per layer."""
-        layers, C, _ = SIZES[self.size]
+        vocab, layers, C, _ = self.dims
         tokens = self.batch * self.T
-        dense = 2 * tokens * (layers * 12 * C * C + VOCAB_SIZE * C)  # qkv, out, fc, proj; head
+        dense = 2 * tokens * (layers * 12 * C * C + vocab * C)  # qkv, out, fc, proj; head
         attention = 2 * 2 * layers * self.batch * self.T**2 * C  # q k^T and p v
         forward = dense + attention
         extra = attention / 2 if recompute else 0.0
@@ -165,9 +176,26 @@ def step_times(config: GPT2Config, reps: int) -> dict:
     }
 
 
+# XLA:CPU's default scheduler favours running independent ops at once over memory: it computes
+# attention's recomputed weights for every layer early and holds them all, so recompute plans no
+# less memory under it. The memory-minimising scheduler (this flag off) shows what recompute saves.
+MEMORY_SCHEDULER_FLAG = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
+
+
 def memory(config: GPT2Config) -> dict:
     """XLA's planned peak of the backprop AdamW step, with and without attention recompute:
-    arguments + outputs + temporaries - what outputs alias (donated params and moments)."""
+    arguments + outputs + temporaries - what outputs alias (donated params and moments). Under
+    the default scheduler (in this process) and, on CPU, the memory-minimising one (in a
+    subprocess, since XLA reads its flags once per process)."""
+    out = {"default": planned_memory(config)}
+    if jax.default_backend() == "cpu":
+        out["memory_scheduler"] = _planned_memory_with(config, MEMORY_SCHEDULER_FLAG)
+    return out
+
+
+def planned_memory(config: GPT2Config) -> dict:
+    """{"saved_p" | "recompute": {"peak_bytes", "temp_bytes", "argument_bytes"}}, compiled here
+    (never run)."""
     out = {}
     for recompute in (False, True):
         model, loss, params, _, x, y = config.problem(recompute)
@@ -187,6 +215,26 @@ def memory(config: GPT2Config) -> dict:
     return out
 
 
+def _planned_memory_with(config: GPT2Config, flag: str) -> dict:
+    """planned_memory in a fresh Python process whose XLA_FLAGS add flag."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    fields = json.dumps(dataclasses.asdict(config))
+    code = (
+        "import json, sys; from jaxbp.bench.gpt2 import GPT2Config, planned_memory; "
+        "f = json.loads(sys.argv[1]); f['custom'] = f['custom'] and tuple(f['custom']); "
+        "print(json.dumps(planned_memory(GPT2Config(**f))))"
+    )
+    env = {**os.environ, "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} {flag}".strip()}
+    done = subprocess.run(
+        [sys.executable, "-c", code, fields], env=env, capture_output=True, text=True, check=True
+    )
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 # ---------------------------------------------------------------------------------------------
 # Where the time goes: each part of the step jitted alone, at the config's shapes
 
@@ -196,11 +244,11 @@ def _parts(config: GPT2Config) -> dict[str, Callable]:
     from jaxbp.walk import layer_at
 
     model, loss, params, _, x, y = config.problem()
-    layers, C, _ = SIZES[config.size]
+    vocab, layers, C, _ = config.dims
     table = params[0]["table"]
     key = jax.random.split(jax.random.PRNGKey(3), 4)
     h = jax.random.normal(key[0], (config.batch, config.T, C))
-    dlogits = jax.random.normal(key[1], (config.batch, config.T, VOCAB_SIZE)) * 1e-6
+    dlogits = jax.random.normal(key[1], (config.batch, config.T, vocab)) * 1e-6
     head = layer_at(model, (len(params) - 1,))
     embedding = layer_at(model, (0,))
 
@@ -260,7 +308,7 @@ def _parts(config: GPT2Config) -> dict[str, Callable]:
 def part_times(config: GPT2Config, reps: int) -> dict:
     """Seconds of each part of the step, jitted alone and interleaved; the blocks' time is one
     layer's times num_layers; "rest" is the whole step less the sum of the parts."""
-    layers = SIZES[config.size][0]
+    layers = config.dims[1]
     t = interleaved(_parts(config), reps=reps, warmup=1)
     seconds = {name: float(np.median(v)) for name, v in t.items()}
     for name in seconds:
@@ -362,14 +410,17 @@ def to_markdown(configs: dict) -> str:
             else:
                 cells += [p.get("missing", {}).get(peer, "-"), "-"]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "| config | peak memory, p saved | with recompute | temporaries, p saved | "
-              "with recompute |", "| --- | --- | --- | --- | --- |"]  # fmt: skip
+    lines += ["", "| config | XLA scheduler | peak memory, p saved | with recompute | "
+              "temporaries, p saved | with recompute |",
+              "| --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    schedulers = {"default": "default (concurrency first)", "memory_scheduler": "memory-minimising"}
     for name, r in configs.items():
-        m = r["memory"]
-        lines.append(
-            f"| {name} | {_mb(m['saved_p']['peak_bytes'])} | {_mb(m['recompute']['peak_bytes'])} "
-            f"| {_mb(m['saved_p']['temp_bytes'])} | {_mb(m['recompute']['temp_bytes'])} |"
-        )
+        for scheduler, m in r["memory"].items():
+            lines.append(
+                f"| {name} | {schedulers[scheduler]} | {_mb(m['saved_p']['peak_bytes'])} | "
+                f"{_mb(m['recompute']['peak_bytes'])} | {_mb(m['saved_p']['temp_bytes'])} | "
+                f"{_mb(m['recompute']['temp_bytes'])} |"
+            )
     for name, r in configs.items():
         parts = r["parts"]
         title = f"Where the time goes, {name} (each part jitted alone; whole step "
@@ -387,7 +438,11 @@ def _mb(n: int) -> str:
 def summary(phase: str, r: dict) -> str | None:
     """One line for the progress report, or None for the generic one."""
     if phase == "memory":
-        return ", ".join(f"{k}: {_mb(v['peak_bytes'])} peak" for k, v in r.items())
+        return "; ".join(
+            f"{scheduler} scheduler: "
+            + ", ".join(f"{k} {_mb(v['peak_bytes'])}" for k, v in m.items())
+            for scheduler, m in r.items()
+        )
     if phase == "parts":
         return ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in r["parts_s"].items())
     if phase == "step" and "backprop_roofline" in r:
