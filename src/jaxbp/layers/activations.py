@@ -9,6 +9,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 from jax.scipy.special import erf
 
 from jaxbp.layers._base import check_input
@@ -144,6 +145,13 @@ class Gelu(_Elementwise):
 
     def f(self, x):
         return jax.nn.gelu(x, approximate=self.approximate)
+
+    def backward(self, params, saved, dy):
+        # The barrier keeps XLA from sharing the forward's tanh (or erf) with df's in one jitted
+        # step: shared, it is written out as one more (batch, ..., features) array, read back
+        # twice; recomputed here, the forward is one pass x -> y (the gpt bench step: ~6% less
+        # time). The rule is the same: the barrier is the identity.
+        return (), dy * self.df(lax.optimization_barrier(saved))
 
     def df(self, x):
         if self.approximate:
