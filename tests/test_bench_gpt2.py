@@ -65,20 +65,25 @@ def test_quick_run_reports_every_phase_and_renders():
     peer("torch")
     lines = []
     result = bench_gpt2.run_config(TINY, quick=True, report=lines.append)
-    assert set(result) == {"config", "gradient", "step", "memory", "parts", "peers"}
-    assert [line.split(":")[0].strip() for line in lines] == [
-        "gradient", "step", "memory", "parts", "peers"
-    ]  # fmt: skip
+    phases = ["gradient", "step", "memory", "parts", "profile", "peers"]
+    assert set(result) == {"config", *phases}
+    assert [line.split(":")[0].strip() for line in lines] == phases
     step = result["step"]
     assert step["backprop_s"] > 0 and step["matmul_gflops"] > 0
     assert 0 < step["backprop_roofline"]["median"]
     parts = result["parts"]["parts_s"]
     assert len(parts) == 6 and any(name.startswith("blocks (2 x") for name in parts)
+    profile = result["profile"]  # jax.profiler's ops, every group named, most of them timed
+    assert list(profile["op_s"]) == list(bench_gpt2.PROFILE_GROUPS)
+    assert profile["op_s"]["blocks (attention, MLP)"] > 0 and profile["op_s"]["AdamW (optax)"] > 0
+    assert profile["op_s"]["head matmuls (forward, backward)"] > 0 and profile["wall_s"] > 0
+    assert profile["top_ops"] and all(op["s"] > 0 for op in profile["top_ops"])
     assert result["peers"]["torch_s"] > 0
     assert result["peers"]["missing"] == {"torch_compile": "skipped (quick run)"}
     text = bench.to_markdown({"environment": bench.environment(), "quick": True,
                               "configs": {"tiny": result}})  # fmt: skip
     assert "| tiny |" in text and "Where the time goes, tiny" in text and "Machine:" in text
+    assert "jax.profiler, tiny" in text
 
 
 def test_the_torch_peer_computes_the_same_loss_gradients_and_adamw_step(x64):
@@ -116,3 +121,17 @@ def test_the_torch_peer_computes_the_same_loss_gradients_and_adamw_step(x64):
     assert_leaves_close(torch_params, stepped, rtol=1e-10, what="params after one AdamW step")
     moved = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), stepped, params)
     assert max(jax.tree.leaves(moved)) > 1e-3  # the step moved the params
+
+
+def test_profile_groups_name_each_scope():
+    group = bench_gpt2.profile_group  # a 2-layer GPT-2: the head at [7], its LayerNorm at [6]
+    assert group("jit(step)/optimizer/add", 7) == "AdamW (optax)"
+    assert group("jit(step)/loss backward/mul", 7) == "softmax cross-entropy"
+    assert group("jit(step)/[7] Dense forward/dot_general", 7).startswith("head matmuls")
+    assert group("jit(step)/[] Tied sum/transpose", 7, dot=True).startswith("head matmuls")
+    assert group("jit(step)/[] Tied sum/add", 7) == "embedding scatter + tied sum"
+    assert group("jit(step)/[0] Embedding backward/scatter-add", 7).startswith("embedding scat")
+    assert group("jit(step)/[3][2] Gelu backward/mul", 7) == "blocks (attention, MLP)"
+    assert group("jit(step)/[2][0] LayerNorm forward/sub", 7) == "blocks (attention, MLP)"
+    assert group("jit(step)/[6] LayerNorm backward/mul", 7).startswith("embeddings forward")
+    assert group("", 7) == "copies and ops without a scope"

@@ -64,8 +64,9 @@ def make_step(
             value, grads = engine(model, loss, params, x, y, **options)
         else:
             value, grads, state = engine(model, loss, params, x, y, state=state, **options)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
+        with jax.named_scope("optimizer"):
+            updates, opt_state = optimizer.update(grads, opt_state, params)
+            params = optax.apply_updates(params, updates)
         return (params, opt_state, value) if state is None else (params, state, opt_state, value)
 
     return jax.jit(step, donate_argnames=("params", "opt_state", "state"))

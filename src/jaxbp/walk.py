@@ -163,7 +163,7 @@ def sweep_forward(
     """One layer's forward inside a walk; state None means 'no state tree' (plain forward)."""
     if is_combinator(layer):
         return layer.walk_forward(params, state, x, key, path, sweep)
-    with blame(path, layer):
+    with blame(path, layer), _scope(path, layer, "forward"):
         if state is None:
             y, residuals = layer.forward(params, x, key=key)
         else:
@@ -182,7 +182,7 @@ def sweep_backward(
     if is_combinator(layer):
         return layer.walk_backward(params, residuals, dy, path, sweep)
     rule = sweep.rules.get(path, layer.backward)
-    with blame(path, layer):
+    with blame(path, layer), _scope(path, layer, "backward"):
         out = rule(params, residuals, dy)
     if sweep.record:
         _once(sweep.ran, path, layer, "backward")
@@ -190,6 +190,12 @@ def sweep_backward(
         sweep.dparams[path] = out[0]
     sweep.ran.add(path)
     return out
+
+
+def _scope(path: Path, layer: Any, sweep: str):
+    """A named scope, "[2][1] SelfAttention backward": a profile's ops (their HLO metadata)
+    then name the layer and the sweep they belong to."""
+    return jax.named_scope(f"{path_str(path)} {type(layer).__name__} {sweep}")
 
 
 def _once(seen, path: Path, layer: Any, sweep: str) -> None:
@@ -291,8 +297,10 @@ def trace(
     """
     sweep = Sweep(record=record)
     y_pred, tree, new_state = sweep_forward(model, params, state, x, key, (), sweep)
-    value, loss_residuals = loss.forward(y_pred, y)
-    dy_pred = loss.backward(loss_residuals)
+    with jax.named_scope("loss forward"):
+        value, loss_residuals = loss.forward(y_pred, y)
+    with jax.named_scope("loss backward"):
+        dy_pred = loss.backward(loss_residuals)
     named = rules(dy_pred) if callable(rules) else rules
     grads, _ = reverse(model, params, tree, dy_pred, rules=named, sweep=sweep)
     layers = _Layers(leaves(model) if record else ())

@@ -322,6 +322,130 @@ def part_times(config: GPT2Config, reps: int) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
+# Where the time goes, by jax.profiler: the ops of the whole step, grouped by the named scope
+# each carries (jaxbp.walk names every layer's forward and backward by its path)
+
+TOP_OPS = 25  # the profile keeps the longest ops by name, with their scope
+PROFILE_GROUPS = (
+    "head matmuls (forward, backward)", "softmax cross-entropy", "embedding scatter + tied sum",
+    "blocks (attention, MLP)", "embeddings forward, final LayerNorm", "AdamW (optax)",
+    "copies and ops without a scope",
+)  # fmt: skip
+
+
+def profile_group(op_name: str, last: int, dot: bool = False) -> str:
+    """The group of an HLO op whose metadata op_name is `op_name`; `last`: the head's index;
+    dot: the op is a matrix product (XLA folds the tied sum's transpose into the head's dW)."""
+    import re
+
+    if dot and "Tied sum" in op_name:
+        return "head matmuls (forward, backward)"
+    if "optimizer" in op_name:
+        return "AdamW (optax)"
+    if "loss forward" in op_name or "loss backward" in op_name:
+        return "softmax cross-entropy"
+    if "Tied sum" in op_name or "[0] Embedding backward" in op_name:
+        return "embedding scatter + tied sum"
+    layer = re.search(r"((?:\[\d+\])+) \w+ (?:forward|backward)", op_name)
+    if layer is None:
+        return "copies and ops without a scope"
+    index = int(layer.group(1)[1:].partition("]")[0])  # the top-level step of its path
+    if index == last:
+        return "head matmuls (forward, backward)"
+    if index in (0, 1, last - 1):
+        return "embeddings forward, final LayerNorm"
+    return "blocks (attention, MLP)"
+
+
+def profile(config: GPT2Config, steps: int, directory: str) -> dict:
+    """Trace `steps` backprop AdamW steps with jax.profiler and sum each op's time by group.
+
+    An op's time is its event's duration, or for an op XLA:CPU runs asynchronously (a dot on
+    Eigen's threads, whose event ends at its launch) the time to its "end:" marker. With two
+    cores, ops run side by side, so the summed op time exceeds the step's wall time: the table
+    gives each group's share of the op time, and the wall time of a traced step beside it."""
+    import glob
+    import time
+
+    model, loss, params, _, x, y = config.problem()
+    opt = optax.adamw(**ADAMW)
+    step = make_step(model, loss, opt, "backprop")
+    state = [_copy(params), opt.init(params)]
+    compiled_text = step.lower(state[0], state[1], x, y).compile().as_text()
+    op_names, dots = _op_names(compiled_text)
+    for _ in range(2):  # compile and warm up outside the trace
+        state[0], state[1], value = step(state[0], state[1], x, y)
+    jax.block_until_ready(value)
+    jax.profiler.start_trace(directory)
+    walls = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        state[0], state[1], value = step(state[0], state[1], x, y)
+        jax.block_until_ready(value)
+        walls.append(time.perf_counter() - t0)
+    jax.profiler.stop_trace()
+    path = sorted(glob.glob(f"{directory}/**/*.xplane.pb", recursive=True))[-1]
+    data = jax.profiler.ProfileData.from_file(path)
+    begun, ended = {}, {}  # an op's event and its "end:" marker share a flow id
+    for plane in data.planes:
+        for line in plane.lines:
+            for event in line.events:
+                stats = dict(event.stats)
+                flow = stats.get("_p", stats.get("_c"))
+                if event.name.startswith("end: "):
+                    ended[(event.name[5:], flow)] = event.start_ns
+                elif "hlo_op" in stats and str(stats.get("hlo_module", "")).startswith("jit_step"):
+                    begun[(stats["hlo_op"], flow)] = (event.start_ns, event.duration_ns)
+    last = len(params) - 1
+    per_op: dict[str, float] = {}
+    for (op, flow), (start, duration) in begun.items():
+        end = max(start + duration, ended.get((op, flow), 0))  # async: ends at its marker
+        per_op[op] = per_op.get(op, 0.0) + (end - start) / steps / 1e9
+    op_seconds = dict.fromkeys(PROFILE_GROUPS, 0.0)
+    for op, seconds in per_op.items():
+        op_seconds[profile_group(op_names.get(op, ""), last, op in dots)] += seconds
+    top = sorted(per_op, key=per_op.get, reverse=True)[:TOP_OPS]
+    top_ops = [{"op": op, "s": per_op[op], "op_name": op_names.get(op, "")} for op in top]
+    wall = float(np.median(walls))
+    return {"wall_s": wall, "op_s": op_seconds, "steps": steps, "top_ops": top_ops}
+
+
+def _op_names(hlo: str) -> tuple[dict[str, str], set[str]]:
+    """({instruction: its metadata op_name}, the instructions that are or contain a dot) of an
+    optimized HLO module; a fusion that contains a dot takes its dot's op_name (XLA fuses the
+    head's forward matmul with the loss's first reduction: the matmul is the work)."""
+    import re
+
+    named = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = ([^\n]*)$", re.M)
+    scope = re.compile(r'op_name="([^"]*)"')
+    dots, computation = {}, None
+    for line in hlo.splitlines():
+        header = re.match(r"^%?([\w.\-]+) .*\{$", line)
+        if header and not line.startswith(" "):
+            computation = header.group(1)
+        elif computation and re.search(r"= \S+ dot\(", line) and scope.search(line):
+            dots.setdefault(computation, scope.search(line).group(1))
+    names, products = {}, set()
+    for op, rest in named.findall(hlo):
+        called = re.search(r"calls=%([\w.\-]+)", rest)
+        if called and called.group(1) in dots:
+            names[op] = dots[called.group(1)]
+            products.add(op)
+        elif scope.search(rest):
+            names[op] = scope.search(rest).group(1)
+            if re.match(r"\S+ dot\(", rest):
+                products.add(op)
+    return names, products
+
+
+def profile_phase(config: GPT2Config, steps: int) -> dict:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as directory:
+        return profile(config, steps, directory)
+
+
+# ---------------------------------------------------------------------------------------------
 # PyTorch peers
 
 
@@ -376,6 +500,7 @@ def run_config(config: GPT2Config, *, quick: bool, report: Callable[[str], None]
         "step": lambda: step_times(config, reps),
         "memory": lambda: memory(config),
         "parts": lambda: part_times(config, reps),
+        "profile": lambda: profile_phase(config, 2 if quick else 3),
         "peers": lambda: peer_times(config, reps, compiled=not quick),
     }
     result = {"config": config.describe()}
@@ -428,6 +553,14 @@ def to_markdown(configs: dict) -> str:
                   "| --- | --- | --- |"]  # fmt: skip
         for part, seconds in parts["parts_s"].items():
             lines.append(f"| {part} | {_t(seconds)} | {seconds / parts['whole_s']:.0%} |")
+    for name, r in configs.items():
+        prof = r["profile"]
+        total = sum(prof["op_s"].values())
+        lines += ["", f"jax.profiler, {name}: the ops of {prof['steps']} traced backprop steps "
+                  f"({_t(prof['wall_s'])} each), summed by the scope they carry:", "",
+                  "| group | op time per step | share |", "| --- | --- | --- |"]  # fmt: skip
+        for group, seconds in prof["op_s"].items():
+            lines.append(f"| {group} | {_t(seconds)} | {seconds / total:.0%} |")
     return "\n".join(lines)
 
 
@@ -445,6 +578,10 @@ def summary(phase: str, r: dict) -> str | None:
         )
     if phase == "parts":
         return ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in r["parts_s"].items())
+    if phase == "profile":
+        total = sum(r["op_s"].values())
+        shares = ", ".join(f"{k} {v / total:.0%}" for k, v in r["op_s"].items())
+        return f"traced step {r['wall_s'] * 1e3:.0f} ms; op time {total * 1e3:.0f} ms: {shares}"
     if phase == "step" and "backprop_roofline" in r:
         return (
             f"backprop {r['backprop_s'] * 1e3:.0f} ms, jax.grad {r['jax_grad_s'] * 1e3:.0f} ms, "

@@ -7,6 +7,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+import jax
+
 from jaxbp._state import init_state
 from jaxbp._types import Params, PRNGKey, Shape
 from jaxbp.layers._base import describe
@@ -98,7 +100,8 @@ class Tied(CombinatorBase):
     def walk_backward(self, params, residuals, dy, path, sweep):
         grads, dx = sweep_backward(self.body, self._tie(params, path), residuals, dy, path, sweep)
         head, embedding = _at(grads, self.target), _at(grads, self.source)
-        dtable = embedding["table"] + head["W"].T  # the two gradients of one matrix add
+        with jax.named_scope(f"{path_str(path)} Tied sum"):
+            dtable = embedding["table"] + head["W"].T  # the two gradients of one matrix add
         grads = _put(grads, self.source, {**embedding, "table": dtable})
         return _put(grads, self.target, {k: v for k, v in head.items() if k != "W"}), dx
 
