@@ -25,7 +25,7 @@ class Dense(Layer):
     """
 
     features: int
-    use_bias: bool = True
+    use_bias: bool = dataclasses.field(default=True, repr=False)  # shown by __repr__ when False
     examples_independent = True  # row i of y reads row i of x
 
     def __post_init__(self):
