@@ -25,7 +25,7 @@ import numpy as np
 import optax
 
 from jaxbp.bench._timing import interleaved, median_ci, ratio
-from jaxbp.bench.mlp import _stepper
+from jaxbp.bench.mlp import SETTLE_SECONDS, _stepper
 from jaxbp.layers.gpt2 import SIZES, VOCAB_SIZE, build_gpt2, gpt2
 from jaxbp.losses import softmax_cross_entropy
 from jaxbp.train import make_step
@@ -33,6 +33,8 @@ from jaxbp.train import make_step
 # llm.c's train_gpt2.c: AdamW(lr 1e-4, betas 0.9, 0.999, eps 1e-8, weight decay 0).
 ADAMW = {"learning_rate": 1e-4, "b1": 0.9, "b2": 0.999, "eps": 1e-8, "weight_decay": 0.0}
 MATMUL_N = 2048  # the roofline's bare matmul: 2048 x 2048 @ 2048 x 2048, float32
+MIN_SAMPLE_S = 0.5  # of the step phase's samples (a step is one call; the matmul five or so)
+SECONDS = 120.0  # of interleaved sampling per phase in a full run (the 1.4 s steps: ~20 each)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,7 +107,7 @@ def _gradient_fn(model, loss, engine: str) -> Callable:
     return jax.jit(lambda p, x, y: f(model, loss, p, x, y))
 
 
-def gradient_times(config: GPT2Config, reps: int) -> dict:
+def gradient_times(config: GPT2Config, reps: int, seconds: float = 0.0) -> dict:
     model, loss, params, _, x, y = config.problem()
     fns = {
         name: functools.partial(_gradient_fn(model, loss, engine), params, x, y)
@@ -115,7 +117,7 @@ def gradient_times(config: GPT2Config, reps: int) -> dict:
             ("null", "autodiff"),
         )  # fmt: skip
     }
-    t = interleaved(fns, reps=reps, warmup=1)
+    t = interleaved(fns, reps=reps, warmup=1, seconds=seconds)
     return {
         "backprop_s": float(np.median(t["backprop"])),
         "jax_grad_s": float(np.median(t["jax.grad"])),
@@ -158,11 +160,13 @@ def _steppers(config: GPT2Config, engines: dict[str, str], optimizer=None) -> di
     }
 
 
-def step_times(config: GPT2Config, reps: int) -> dict:
-    """AdamW steps with each engine (and the null), the bare matmul in the same rotation."""
+def step_times(config: GPT2Config, reps: int, seconds: float = 0.0) -> dict:
+    """AdamW steps with each engine (and the null), the bare matmul in the same rotation. A
+    sample lasts at least MIN_SAMPLE_S: a matmul sample is then several calls, the first of
+    which, after a step has filled the caches with other data, would alone read slow."""
     fns = _steppers(config, {"backprop": "backprop", "jax.grad": "autodiff", "null": "autodiff"})
     fns["matmul"] = _matmul()
-    t = interleaved(fns, reps=reps, warmup=1)
+    t = interleaved(fns, reps=reps, warmup=1, seconds=seconds, min_sample=MIN_SAMPLE_S)
     steps = {"backprop": t["backprop"], "jax.grad": t["jax.grad"]}
     return {
         "backprop_s": float(np.median(t["backprop"])),
@@ -449,7 +453,9 @@ def profile_phase(config: GPT2Config, steps: int) -> dict:
 # PyTorch peers
 
 
-def peer_times(config: GPT2Config, reps: int, *, compiled: bool = True) -> dict:
+def peer_times(
+    config: GPT2Config, reps: int, *, compiled: bool = True, seconds: float = 0.0
+) -> dict:
     """The jaxbp AdamW step (backprop) beside PyTorch eager's and torch.compile's, the same
     weights and settings, interleaved."""
     fns = _steppers(config, {"jaxbp": "backprop"})
@@ -458,7 +464,9 @@ def peer_times(config: GPT2Config, reps: int, *, compiled: bool = True) -> dict:
         why = _add_torch_peer(fns, name, config, compile_it, quick=not compiled)
         if why:
             missing[name] = why
-    t = interleaved(fns, reps=reps, warmup=1)
+    # Each sample after SETTLE_SECONDS of untimed calls to the same candidate: torch's threads
+    # spin for a while after its step, which slowed the next XLA matmul on 2 cores.
+    t = interleaved(fns, reps=reps, warmup=1, seconds=seconds, settle=SETTLE_SECONDS)
     return (
         {f"{name}_s": float(np.median(v)) for name, v in t.items()}
         | {f"{name}_over_jaxbp": ratio(v, t["jaxbp"]) for name, v in t.items() if name != "jaxbp"}
@@ -494,14 +502,14 @@ def run_config(config: GPT2Config, *, quick: bool, report: Callable[[str], None]
 
     from jaxbp.bench._report import summarize
 
-    reps = 1 if quick else 6
+    reps, seconds = (1, 0.0) if quick else (6, SECONDS)
     phases = {
-        "gradient": lambda: gradient_times(config, reps),
-        "step": lambda: step_times(config, reps),
+        "gradient": lambda: gradient_times(config, reps, seconds),
+        "step": lambda: step_times(config, reps, seconds),
         "memory": lambda: memory(config),
         "parts": lambda: part_times(config, reps),
         "profile": lambda: profile_phase(config, 2 if quick else 3),
-        "peers": lambda: peer_times(config, reps, compiled=not quick),
+        "peers": lambda: peer_times(config, reps, compiled=not quick, seconds=seconds),
     }
     result = {"config": config.describe()}
     for name, measure in phases.items():
