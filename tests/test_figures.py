@@ -563,6 +563,26 @@ VISION_PEERS = [
     at("peers/jaxbp_s"), at("peers/torch_s"), *ratio("peers/torch_over_jaxbp", THREE),
     at("peers/torch_compile_s"), *ratio("peers/torch_compile_over_jaxbp", THREE),
 ]  # fmt: skip
+GPT2_ENGINES = [
+    at("gradient/backprop_s"), *ratio("gradient/ratio", THREE), *ratio("gradient/null_ratio", THREE),
+    lambda r: 100 * r["gradient"]["backprop_gflops"] / r["step"]["matmul_gflops"],
+    at("step/backprop_s"), *ratio("step/ratio", THREE), *ratio("step/null_ratio", THREE),
+    pct("step/backprop_roofline/median"), pct("step/backprop_roofline/ci95_low"),
+    pct("step/backprop_roofline/ci95_high"), at("step/matmul_gflops"),
+    *ratio("peers/torch_over_jaxbp", THREE), *ratio("peers/torch_compile_over_jaxbp", THREE),
+]  # fmt: skip
+GPT2_MEMORY = [
+    mib(f"memory/{scheduler}/{kind}/peak_bytes")
+    for scheduler in ("default", "memory_scheduler") for kind in ("saved_p", "recompute")
+]  # fmt: skip
+GPT2_PROFILE = [
+    *(at(f"profile/op_s/{group}") for group in (
+        "head matmuls (forward, backward)", "softmax cross-entropy",
+        "embedding scatter + tied sum", "blocks (attention, MLP)",
+        "embeddings forward, final LayerNorm", "AdamW (optax)", "copies and ops without a scope",
+    )),
+    at("profile/wall_s"),
+]  # fmt: skip
 # fmt: off
 # The README's benchmark tables by their header: the file and the columns, or why no committed
 # file holds them (the README cites the command that prints them beside the table).
@@ -591,6 +611,16 @@ BENCH_TABLES = {
      "null: jax.grad / itself", "train step ratio"): ("vision/results.json", VISION_GRADIENT),
     ("config", "jaxbp step", "PyTorch eager", "eager / jaxbp", "torch.compile",
      "compiled / jaxbp"): ("vision/results.json", VISION_PEERS),
+    ("config", "backprop gradient", "backprop / jax.grad", "null", "gradient roofline",
+     "AdamW step",
+     "step: backprop / jax.grad", "step null", "step roofline", "PyTorch eager / jaxbp",
+     "torch.compile / jaxbp"): ("gpt2/results.json", GPT2_ENGINES),
+    ("config", "peak, p saved", "peak, recompute", "memory scheduler: p saved",
+     "memory scheduler: recompute"): ("gpt2/results.json", GPT2_MEMORY),
+    ("config", "head matmuls", "cross-entropy", "embedding scatter + tied sum", "blocks",
+     "embeddings, final LayerNorm", "AdamW", "copies, no scope", "traced step"): (
+        "gpt2/results.json", GPT2_PROFILE,
+    ),
 }
 # fmt: on
 QUANTITY_NAMES = {"DP-SGD step": "dp_sgd step"}
@@ -689,5 +719,8 @@ def test_benchmark_machine_lines_name_their_runs():
     torch = vision["torch"].split("+")[0]
     flat = " ".join(text.split())  # the README's line breaks fall anywhere
     assert f"{vision['date']}, torch {torch}; `benchmarks/results/vision/`" in flat
+    gpt2 = bench("gpt2/results.json")["environment"]
+    torch = gpt2["torch"].split("+")[0]
+    assert f"{gpt2['date']}, torch {torch}; `benchmarks/results/gpt2/`" in flat
     quantities = bench("quantities/quantities.json")["environment"]
     assert f"cnn wide`, {quantities['date']}," in text
