@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -38,38 +39,38 @@ def report(t: dict, base: str) -> None:
 
 
 def head(reps: int) -> None:
-    """The tied head's products at vocab 50,257 and at llm.c's padded 50,304: the logits
-    x @ table^T, dx = dlogits @ table, and the table's gradient dlogits^T x (which jaxbp's step
-    computes straight into the table's layout, XLA folding Tied's transpose into the product)."""
-    for vocab in (50257, 50304):
-        _head_at(vocab, reps)
-
-
-def _head_at(vocab: int, reps: int) -> None:
-    k = jax.random.split(jax.random.PRNGKey(0), 3)
-    x, table = jax.random.normal(k[0], (N, C)), jax.random.normal(k[2], (vocab, C))
-    d = jax.random.normal(k[1], (N, vocab))
-    fns = {
-        "logits x @ table^T": jax.jit(lambda x, d, t: x @ t.T),
-        "dx = dlogits @ table": jax.jit(lambda x, d, t: d @ t),
-        "dtable += dlogits^T x": jax.jit(lambda x, d, t: t + d.T @ x),
-        "dtable += (copy(x^T) dlogits)^T": jax.jit(
-            lambda x, d, t: t + (lax.optimization_barrier(x.T) @ d).T
+    """The tied head's products at vocab 50,257 and at llm.c's padded 50,304, all in one
+    rotation: the logits x @ table^T, dx = dlogits @ table, and the table's gradient
+    dlogits^T x (which jaxbp's step computes straight into the table's layout, XLA folding
+    Tied's transpose into the product), with two other layouts of it."""
+    products = {
+        "logits x @ table^T": lambda x, d, t: x @ t.T,
+        "dx = dlogits @ table": lambda x, d, t: d @ t,
+        "dtable += dlogits^T x": lambda x, d, t: t + d.T @ x,
+        "dtable += (copy(x^T) dlogits)^T": lambda x, d, t: (
+            t + (lax.optimization_barrier(x.T) @ d).T
         ),
-        "dtable += copy(dlogits^T) x": jax.jit(
-            lambda x, d, t: t + lax.optimization_barrier(d.T) @ x
-        ),
+        "dtable += copy(dlogits^T) x": lambda x, d, t: t + lax.optimization_barrier(d.T) @ x,
     }
-    calls = {name: (lambda f=f: f(x, d, table)) for name, f in fns.items()}
+    k = jax.random.split(jax.random.PRNGKey(0), 3)
+    calls = {}
+    for vocab in (50257, 50304):
+        x, table = jax.random.normal(k[0], (N, C)), jax.random.normal(k[2], (vocab, C))
+        d = jax.random.normal(k[1], (N, vocab))
+        for name, f in products.items():
+            calls[f"{vocab}: {name}"] = functools.partial(jax.jit(f), x, d, table)
     a, b = (jax.random.normal(k[i], (2048, 2048)) for i in (0, 1))
-    mm = jax.jit(lambda a, b: a @ b)
-    calls["bare 2048^3 matmul"] = lambda: mm(a, b)
+    calls["bare 2048^3 matmul"] = functools.partial(jax.jit(lambda a, b: a @ b), a, b)
     t = interleaved(calls, reps=reps, warmup=2)
     peak = 2 * 2048**3 / np.median(t["bare 2048^3 matmul"])
-    print(f"vocab {vocab}: each product {2 * N * C * vocab / 1e9:.1f} GFLOP, "
-          f"{2 * N * C * vocab / peak * 1e3:.0f} ms at the bare matmul's "
-          f"{peak / 1e9:.0f} GFLOP/s")  # fmt: skip
-    report(t, "logits x @ table^T")
+    flops = 2 * N * C * 50257
+    print(f"each product {flops / 1e9:.1f} GFLOP: {flops / peak * 1e3:.0f} ms at the bare "
+          f"matmul's {peak / 1e9:.0f} GFLOP/s")  # fmt: skip
+    report(t, "50257: logits x @ table^T")
+    print("padded over unpadded, product by product (paired):")
+    for name in products:
+        r = ratio(t[f"50304: {name}"], t[f"50257: {name}"])
+        print(f"  {name:34s} {r['median']:.3f} [{r['ci95_low']:.3f}-{r['ci95_high']:.3f}]")
 
 
 def adamw(reps: int) -> None:
