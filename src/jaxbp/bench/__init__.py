@@ -22,7 +22,7 @@ import numpy as np
 import optax
 
 from jaxbp.bench import gpt2, mlp, sequence, vision
-from jaxbp.bench._timing import compile_seconds, interleaved, ratio
+from jaxbp.bench._timing import compile_seconds, engines, interleaved, ratio
 from jaxbp.bench.gpt2 import GPT2Config
 from jaxbp.bench.mlp import SETTLE_SECONDS, Config, _problem, _stepper
 from jaxbp.bench.sequence import SequenceConfig
@@ -90,11 +90,7 @@ def gradient_times(config: Config | VisionConfig, reps: int, seconds: float = 0.
         {name: partial(jax.jit(f), *args) for name, f in fns.items()}, reps=reps, seconds=seconds
     )
     return {
-        "backprop_s": float(np.median(t["backprop"])),
-        "jax_grad_s": float(np.median(t["jax.grad"])),
-        "ratio": ratio(t["backprop"], t["jax.grad"]),
-        "null_ratio": ratio(t["null"], t["jax.grad"]),
-        "samples": len(t["backprop"]),
+        **engines(t),
         "compile_backprop_s": compile_seconds(fresh("backprop"), *args),
         "compile_jax_grad_s": compile_seconds(fresh("autodiff"), *args),
     }

@@ -83,6 +83,18 @@ def ratio(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
     }
 
 
+def engines(t: dict[str, np.ndarray]) -> dict:
+    """Medians, paired ratios and the null of an interleaved run of "backprop", "jax.grad" and
+    "null" (jax.grad against a second, separately compiled copy of itself)."""
+    return {
+        "backprop_s": float(np.median(t["backprop"])),
+        "jax_grad_s": float(np.median(t["jax.grad"])),
+        "ratio": ratio(t["backprop"], t["jax.grad"]),
+        "null_ratio": ratio(t["null"], t["jax.grad"]),
+        "samples": len(t["backprop"]),
+    }
+
+
 def median_ci(samples: np.ndarray, level: float = 0.95) -> tuple[float, float]:
     """A distribution-free confidence interval for the median: the sign-test interval.
 

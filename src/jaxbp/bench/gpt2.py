@@ -24,8 +24,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxbp.bench._timing import interleaved, median_ci, ratio
+from jaxbp.bench._timing import engines, interleaved, median_ci, ratio
 from jaxbp.bench.mlp import SETTLE_SECONDS, _stepper
+from jaxbp.bench.sequence import torch_peer
 from jaxbp.layers.gpt2 import SIZES, VOCAB_SIZE, build_gpt2, gpt2
 from jaxbp.losses import softmax_cross_entropy
 from jaxbp.train import make_step
@@ -118,14 +119,7 @@ def gradient_times(config: GPT2Config, reps: int, seconds: float = 0.0) -> dict:
         )  # fmt: skip
     }
     t = interleaved(fns, reps=reps, warmup=1, seconds=seconds)
-    return {
-        "backprop_s": float(np.median(t["backprop"])),
-        "jax_grad_s": float(np.median(t["jax.grad"])),
-        "ratio": ratio(t["backprop"], t["jax.grad"]),
-        "null_ratio": ratio(t["null"], t["jax.grad"]),
-        "samples": len(t["backprop"]),
-        **_rooflines(config, {"backprop": t["backprop"]}, None),
-    }
+    return {**engines(t), **_rooflines(config, {"backprop": t["backprop"]}, None)}
 
 
 def _matmul() -> Callable:
@@ -169,12 +163,8 @@ def step_times(config: GPT2Config, reps: int, seconds: float = 0.0) -> dict:
     t = interleaved(fns, reps=reps, warmup=1, seconds=seconds, min_sample=MIN_SAMPLE_S)
     steps = {"backprop": t["backprop"], "jax.grad": t["jax.grad"]}
     return {
-        "backprop_s": float(np.median(t["backprop"])),
-        "jax_grad_s": float(np.median(t["jax.grad"])),
+        **engines(t),
         "matmul_s": float(np.median(t["matmul"])),
-        "ratio": ratio(t["backprop"], t["jax.grad"]),
-        "null_ratio": ratio(t["null"], t["jax.grad"]),
-        "samples": len(t["backprop"]),
         "flops": config.flops()["gradient"],
         **_rooflines(config, steps, t["matmul"]),
     }
@@ -475,25 +465,14 @@ def peer_times(
 
 
 def _add_torch_peer(fns, name, config, compile_it, *, quick) -> str | None:
-    if compile_it and quick:
-        return "skipped (quick run)"
-    try:
-        import torch  # noqa: F401
-
-        from jaxbp.bench import torch_seq
-    except ImportError:
-        return "torch not installed"
-    model, _, params, _, x, y = config.problem()
+    """Add the torch.optim.AdamW twin (eager or compiled) to fns, or say why not."""
     adamw = {"lr": ADAMW["learning_rate"], "betas": (ADAMW["b1"], ADAMW["b2"]),
              "eps": ADAMW["eps"], "weight_decay": ADAMW["weight_decay"]}  # fmt: skip
-    step = torch_seq.adamw_step(model, params, compiled=compile_it, **adamw)
-    xt, yt = step.convert(np.asarray(x), np.asarray(y))
-    try:
-        step(xt, yt)
-    except Exception as error:  # noqa: BLE001 - inductor raises many kinds (no compiler, ...)
-        return f"failed: {type(error).__name__}"
-    fns[name] = lambda: step(xt, yt)
-    return None
+
+    def build(torch_seq, model, params):
+        return torch_seq.adamw_step(model, params, compiled=compile_it, **adamw)
+
+    return torch_peer(fns, name, config, build, compiled=compile_it, quick=quick)
 
 
 def run_config(config: GPT2Config, *, quick: bool, report: Callable[[str], None]) -> dict:

@@ -126,8 +126,19 @@ def peer_times(config: SequenceConfig, reps: int, *, settle: float, compiled: bo
 
 
 def _add_torch_peer(fns, name, config, compile_it, fused, *, quick) -> str | None:
-    """Add one PyTorch peer to fns, or say why not."""
-    if compile_it and quick:
+    """Add one PyTorch peer (plain SGD) to fns, or say why not."""
+
+    def build(torch_seq, model, params):
+        return torch_seq.sgd_step(model, params, lr=LR, compiled=compile_it, fused_lstm=fused)
+
+    return torch_peer(fns, name, config, build, compiled=compile_it, quick=quick)
+
+
+def torch_peer(fns, name, config, build, *, compiled: bool, quick: bool) -> str | None:
+    """Add fns[name], the step build(torch_seq, model, params) makes for config's problem, or
+    say why not: a torch.compile peer is skipped in a quick run, a missing torch or a failing
+    first call (which compiles) is reported, not fatal."""
+    if compiled and quick:
         return "skipped (quick run)"
     try:
         import torch  # noqa: F401 - first: torch_seq may already be imported
@@ -136,7 +147,7 @@ def _add_torch_peer(fns, name, config, compile_it, fused, *, quick) -> str | Non
     except ImportError:
         return "torch not installed"
     model, _, params, _, x, y = config.problem()
-    step = torch_seq.sgd_step(model, params, lr=LR, compiled=compile_it, fused_lstm=fused)
+    step = build(torch_seq, model, params)
     xt, yt = step.convert(np.asarray(x), np.asarray(y))
     try:  # the first call compiles; a peer that cannot is reported, not fatal
         step(xt, yt)
