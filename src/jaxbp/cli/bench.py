@@ -13,7 +13,7 @@ roofline): cnn (the cnn preset on 8x8 digits, batch 128), resnet (8 residual blo
 channels on random 32x32x3 images, batch 64); sequence models on next-token prediction, PyTorch
 eager and torch.compile as peers: gpt (4 layers, 128 features, 4 heads, context 32, vocab 28,
 batch 64), lstm (char_rnn: embedding 64, LSTM 256, T 32, batch 64; nn.LSTM a peer too).
-GPT-2 124M, only when named (each takes minutes): gpt2 (batch 4 x 64, llm.c's CPU shapes),
+GPT-2 124M, only when named (10-15 minutes each here): gpt2 (batch 4 x 64, llm.c's CPU shapes),
 gpt2-t256 and gpt2-t1024 (batch 1): AdamW steps, the roofline, memory with and without attention
 recompute, where the time goes, PyTorch eager and torch.compile.
 
