@@ -194,3 +194,39 @@ def test_kfac_factors_of_a_bias_free_dense(x64):
     factors = jaxbp.kfac_factors(free, CE, params, x, y)
     assert factors[(0,)]["A"].shape == (4, 4) and factors[(2,)]["A"].shape == (6, 6)
     np.testing.assert_allclose(factors[(0,)]["A"], x.T @ x / 5, rtol=1e-12)
+
+
+def test_research_tools_reach_every_layer_of_a_small_gpt2(x64):
+    # Signals name every leaf by gpt's paths; a replacement rule at one path inside a block
+    # changes that layer's delta and nothing downstream of it; make_step takes an AdamW step.
+    import optax
+
+    from jaxbp.signals import backprop_with_signals
+    from jaxbp.train import make_step
+    from jaxbp.walk import leaves
+
+    model = _small()
+    params = jax.tree.map(lambda a: a.astype(jnp.float64), model.init(KEY, (T,))[1])
+    rng = np.random.default_rng(5)
+    ids, y = rng.integers(0, V, (BATCH, T)), rng.integers(0, V, (BATCH, T))
+    value, grads, signals = backprop_with_signals(model, CE, params, ids, y)
+    assert list(signals) == [path for path, _ in leaves(model)]
+    assert (7,) in signals and (2, 1) in signals and (5, 3) in signals  # head, attention, proj
+    _, grads_ref = jaxbp.autodiff(model, CE, params, ids, y)
+    assert_trees_close(grads, grads_ref, rtol=1e-12, what="signals' grads")  # float64 rounding
+    # The MLP of layer 1 ([5]: LayerNorm, Dense, Gelu, Dense) with its GELU's rule halved: the
+    # layers after it in the forward (the head, [6], [7]) keep their gradients exactly, and
+    # the Dense before the GELU gets half its gradient.
+    gelu = L.Gelu()
+    rules = {(5, 2): lambda p, saved, dy: (p, 0.5 * gelu.backward(p, saved, dy)[1])}
+    _, changed, _ = backprop_with_signals(model, CE, params, ids, y, rules=rules)
+    np.testing.assert_array_equal(changed[5][3]["W"], grads[5][3]["W"])
+    np.testing.assert_array_equal(changed[6]["scale"], grads[6]["scale"])
+    np.testing.assert_allclose(changed[5][1]["W"], 0.5 * grads[5][1]["W"], rtol=1e-12)
+    # make_step: one AdamW step with each engine lands on the same params (float64 rounding).
+    opt = optax.adamw(1e-3)
+    stepped = {}
+    for engine in ("backprop", "autodiff"):
+        p = jax.tree.map(jnp.copy, params)
+        stepped[engine], _, _ = make_step(model, CE, opt, engine)(p, opt.init(p), ids, y)
+    assert_trees_close(stepped["backprop"], stepped["autodiff"], rtol=1e-12, what="AdamW step")
