@@ -8,8 +8,11 @@ Measured side by side in one process, each phase interleaved (`_timing.interleav
   2048^3 float32 matmul in the same rotation: the roofline fraction is the step's matmul FLOP
   rate over the bare matmul's, pair by pair;
 - memory: XLA's buffer assignment for the backprop step, with and without attention recompute
-  (arguments + outputs + temporaries - aliased: the step's peak, as XLA plans it);
+  (arguments + outputs + temporaries - aliased: the step's peak, as XLA plans it), under
+  XLA:CPU's default scheduler and its memory-minimising one;
 - parts: where the time goes, each part jitted alone at the config's shapes;
+- profile: where the time goes in the whole step, by jax.profiler, each op summed into the part
+  its named scope (jaxbp.walk's layer paths) names;
 - peers: PyTorch eager and torch.compile, the same model and weights, torch.optim.AdamW.
 """
 
@@ -145,12 +148,14 @@ def _rooflines(config: GPT2Config, times: dict, matmul) -> dict:
     return out
 
 
-def _steppers(config: GPT2Config, engines: dict[str, str], optimizer=None) -> dict:
+def _steppers(config: GPT2Config, which: dict[str, str]) -> dict:
+    """{name: a callable taking one donated AdamW step with engine which[name]}, each with
+    its own copy of the params and optimizer state."""
     model, loss, params, _, x, y = config.problem()
-    opt = optimizer or optax.adamw(**ADAMW)
+    opt = optax.adamw(**ADAMW)
     return {
         name: _stepper(make_step(model, loss, opt, engine), _copy(params), opt.init(params), x, y)
-        for name, engine in engines.items()
+        for name, engine in which.items()
     }
 
 
