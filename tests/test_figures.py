@@ -564,7 +564,8 @@ VISION_PEERS = [
     at("peers/torch_compile_s"), *ratio("peers/torch_compile_over_jaxbp", THREE),
 ]  # fmt: skip
 GPT2_ENGINES = [
-    at("gradient/backprop_s"), *ratio("gradient/ratio", THREE), *ratio("gradient/null_ratio", THREE),
+    at("gradient/backprop_s"), *ratio("gradient/ratio", THREE),
+    *ratio("gradient/null_ratio", THREE),
     lambda r: 100 * r["gradient"]["backprop_gflops"] / r["step"]["matmul_gflops"],
     at("step/backprop_s"), *ratio("step/ratio", THREE), *ratio("step/null_ratio", THREE),
     pct("step/backprop_roofline/median"), pct("step/backprop_roofline/ci95_low"),

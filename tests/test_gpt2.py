@@ -220,8 +220,9 @@ def test_research_tools_reach_every_layer_of_a_small_gpt2(x64):
     gelu = L.Gelu()
     rules = {(5, 2): lambda p, saved, dy: (p, 0.5 * gelu.backward(p, saved, dy)[1])}
     _, changed, _ = backprop_with_signals(model, CE, params, ids, y, rules=rules)
-    np.testing.assert_array_equal(changed[5][3]["W"], grads[5][3]["W"])
-    np.testing.assert_array_equal(changed[6]["scale"], grads[6]["scale"])
+    # The same ops on the same inputs: equal up to float64 rounding (1e-14 allows reordering).
+    np.testing.assert_allclose(changed[5][3]["W"], grads[5][3]["W"], rtol=1e-14)
+    np.testing.assert_allclose(changed[6]["scale"], grads[6]["scale"], rtol=1e-14)
     np.testing.assert_allclose(changed[5][1]["W"], 0.5 * grads[5][1]["W"], rtol=1e-12)
     # make_step: one AdamW step with each engine lands on the same params (float64 rounding).
     opt = optax.adamw(1e-3)

@@ -61,6 +61,8 @@ class Tied(CombinatorBase):
                     f"Tied: {name} {path_str(path)} must name {a} {kind.__name__} of the body, "
                     f"found {what}; layers at {', '.join(map(path_str, found))}"
                 )
+        # The head's own params, W aside: {"b"}, or none for a Dense(use_bias=False).
+        object.__setattr__(self, "_head_keys", {"b"} if found[self.target].use_bias else set())
         vocab, out = found[self.source].num_embeddings, found[self.target].features
         if vocab != out:
             raise ValueError(
@@ -116,9 +118,8 @@ class Tied(CombinatorBase):
                 f"{where}Tied: params at {source} must be {{'table': (vocab, C)}}, "
                 f"got {describe(embedding)}"
             )
-        want = {"b"} if dict(leaves(self.body))[self.target].use_bias else set()
-        if not isinstance(head, Mapping) or set(head) != want:
-            alone = "{'b': (vocab,)} alone" if want else "{} (the head has no bias)"
+        if not isinstance(head, Mapping) or set(head) != self._head_keys:
+            alone = "{'b': (vocab,)} alone" if self._head_keys else "{} (the head has no bias)"
             raise ValueError(
                 f"{where}Tied: params at {target} must be {alone}, the head's W "
                 f"being the table at {source} transposed; got {describe(head)}"
