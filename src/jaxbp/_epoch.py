@@ -57,15 +57,17 @@ def make_step(
         "step(params, opt_state, x, y, state=state) -> (params, state, opt_state, loss)"
     )
 
+    gradients = setup.step_gradients(engine, optimizer)
+
     def step(params, opt_state, x, y, *, key=None, state=None):
         options = {} if key is None else {"key": key}
         if state is None:
             refuse_dropped_state("make_step", model, params, remedy)
-            value, grads = engine(model, loss, params, x, y, **options)
         else:
-            value, grads, state = engine(model, loss, params, x, y, state=state, **options)
+            options["state"] = state
+        value, grads, state, extra = gradients(model, loss, params, x, y, opt_state, **options)
         with jax.named_scope("optimizer"):
-            updates, opt_state = optimizer.update(grads, opt_state, params)
+            updates, opt_state = optimizer.update(grads, opt_state, params, **extra)
             params = optax.apply_updates(params, updates)
         return (params, opt_state, value) if state is None else (params, state, opt_state, value)
 
@@ -119,6 +121,7 @@ def epoch_program(model, loss, optimizer, grad, *, batch_size, steps, mesh, stat
         order = permutation(shuffle_key, len(x))[: steps * batch_size]
         # The engine itself, or for one that asks for Poisson sampling (DP-SGD) its own batches.
         grad_fn = _sampling.for_epoch(engine, x, y, batch_size=batch_size, shard=batch)
+        gradients = setup.step_gradients(grad_fn, optimizer)
 
         def step(carry, inputs):
             params, state, opt_state = carry
@@ -127,11 +130,12 @@ def epoch_program(model, loss, optimizer, grad, *, batch_size, steps, mesh, stat
             if batch is not None:  # split the batch over devices; XLA all-reduces the gradient
                 xb, yb = jax.lax.with_sharding_constraint((xb, yb), batch)
             k = jax.random.fold_in(step_key, i)
-            if stateful:
-                value, grads, state = grad_fn(model, loss, params, xb, yb, key=k, state=state)
-            else:
-                value, grads = grad_fn(model, loss, params, xb, yb, key=k)
-            updates, opt_state = optimizer.update(grads, opt_state, params)
+            options = {"key": k} | ({"state": state} if stateful else {})
+            value, grads, new_state, extra = gradients(
+                model, loss, params, xb, yb, opt_state, **options
+            )
+            state = new_state if stateful else state
+            updates, opt_state = optimizer.update(grads, opt_state, params, **extra)
             return (optax.apply_updates(params, updates), state, opt_state), value
 
         indices = (jnp.arange(steps), order.reshape(steps, batch_size))

@@ -32,6 +32,36 @@ def engine_for(grad) -> Callable:
     return ENGINES[grad]
 
 
+def step_gradients(grad, optimizer) -> Callable:
+    """How a training step gets its gradient: a function (model, loss, params, x, y, opt_state,
+    **options) -> (value, grads, new state or None, extra keyword arguments for
+    optimizer.update). An optimizer with a `gradients` method (jaxbp.kfac's K-FAC, which needs
+    its curvature from the same sweep) computes them itself, from backprop's sweep; any other
+    gets them from the engine."""
+    engine = engine_for(grad)
+    own = getattr(optimizer, "gradients", None)
+    if own is not None:
+        if engine is not backprop:
+            raise ValueError(
+                f"{optimizer!r} computes the gradient with its curvature, in backprop's sweep: "
+                f"train it with grad='backprop', not {getattr(engine, '__name__', engine)!r}"
+            )
+
+        def run(model, loss, params, x, y, opt_state, **options):
+            return own(model, loss, params, x, y, opt_state=opt_state, **options)
+
+        return run
+
+    def run(model, loss, params, x, y, opt_state, **options):
+        if "state" in options:
+            value, grads, state = engine(model, loss, params, x, y, **options)
+        else:
+            (value, grads), state = engine(model, loss, params, x, y, **options), None
+        return value, grads, state, {}
+
+    return run
+
+
 def validate_counts(**counts: int) -> None:
     for name, value in counts.items():
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool):

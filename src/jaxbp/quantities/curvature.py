@@ -192,6 +192,18 @@ def kfac_factors(
         )
     check_supported(model, "K-FAC factors")  # before any work
     rec = record(model, loss, params, x, y, key=key, state=state)
+    sample_key = None if samples is None else jax.random.split(key)[1]
+    return factors_of(model, loss, params, y, rec, sample_key, samples, unsupported)
+
+
+def factors_of(
+    model: Any, loss: Any, params: Params, y: Array, rec: Any, sample_key: PRNGKey | None,
+    samples: int | None, unsupported: str = "raise", paths: tuple | None = None,
+) -> ByPath:  # fmt: skip
+    """kfac_factors from a recording of the sweep (`_leaves.record`), so that a caller which
+    also needs the gradient (jaxbp.kfac's optimizer) runs the forward and backward once; the
+    Monte Carlo columns are drawn from sample_key. paths: only these layers' factors (each
+    must have a K-FAC rule), instead of every layer's."""
     if not owns_params(model, params, rec):
         raise NotImplementedError(
             "kfac_factors: the model's layers do not each own their params (a combinator shares "
@@ -200,7 +212,11 @@ def kfac_factors(
         )
     rows = {}
     for path, layer in rec.layers.items():
-        if callable(getattr(layer, "kfac_rows", None)):
+        if paths is not None:
+            if path in paths:
+                with blame(path, layer):
+                    rows[path] = layer.kfac_rows(rec.inputs[path])
+        elif callable(getattr(layer, "kfac_rows", None)):
             with blame(path, layer):
                 rows[path] = layer.kfac_rows(rec.inputs[path])
         elif has_params(rec.params[path]) and unsupported == "raise":
@@ -208,7 +224,6 @@ def kfac_factors(
                 f"kfac_factors: layer {path_str(path)} {layer!r} has params but no K-FAC rule "
                 "(kfac_rows); pass unsupported='skip' to leave such layers out"
             )
-    sample_key = None if samples is None else jax.random.split(key)[1]
     n, column = columns(loss, rec.y_pred, y, sample_key, samples, "kfac_factors")
 
     def one_column(j):
