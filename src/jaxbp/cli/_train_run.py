@@ -47,6 +47,8 @@ def train(args: argparse.Namespace) -> int:
     with_state = {"state": state} if jax.tree.leaves(state) else {}
     _check_fit(args, model, loss, params, (x, y), (x_test, y_test), len(devices))
     privacy = check_dp(args, model, loss, params, state, (x, y))  # fills in its defaults
+    steps = max(len(x) // min(args.batch_size, len(x)), 1)  # per epoch
+    optimizer = _optimizer(args, model, args.epochs * steps)  # what it refuses, before any file
     config = _config(args, task=info.task, loss=loss_name, devices=len(devices))
     if args.resume:  # before the folder is created; the rest is checked under its lock
         run_folder.require_run(args.out)
@@ -74,7 +76,6 @@ def train(args: argparse.Namespace) -> int:
         _report_gradient_check(model, loss, params, *first, key=key, **with_state)
         if start:
             print(f"resumed from epoch {start} ({out / CHECKPOINT_NAME}), on to {args.epochs}")
-        steps = max(len(x) // min(args.batch_size, len(x)), 1)  # per epoch
         on_epoch = None
         if writer:  # a resumed run's metrics.jsonl is cut back to its checkpoint's epochs here
             on_epoch = reported(args, run_folder.metrics_writer(out / "metrics.jsonl", args.resume))
@@ -85,7 +86,7 @@ def train(args: argparse.Namespace) -> int:
                 loss,
                 params,
                 (x, y),
-                optimizer=_optimizer(args, args.epochs * steps),
+                optimizer=optimizer,
                 epochs=args.epochs,
                 batch_size=args.batch_size,
                 key=key,
@@ -215,7 +216,7 @@ def _model(args, outputs: int):
         return preset(args.model, outputs)
 
 
-def _optimizer(args, steps: int) -> optax.GradientTransformation:
+def _optimizer(args, model, steps: int) -> optax.GradientTransformation:
     lr = optax.cosine_decay_schedule(args.lr, steps) if args.schedule == "cosine" else args.lr
     if args.model in SEQUENCE_MODELS and args.schedule == "cosine":  # attention needs a warm-up
         lr = optax.warmup_cosine_decay_schedule(0.0, args.lr, max(steps // 20, 1), steps)
@@ -223,6 +224,12 @@ def _optimizer(args, steps: int) -> optax.GradientTransformation:
         return optax.adamw(lr, weight_decay=args.weight_decay)
     if args.optimizer == "momentum":
         return optax.sgd(lr, momentum=0.9)
+    if args.optimizer == "kfac":  # a model it cannot precondition is the flag's fault
+        from jaxbp.kfac import kfac
+
+        errors = (ValueError, TypeError, NotImplementedError)
+        with bad_input(f"--optimizer kfac on this model ({type(model).__name__})", errors):
+            return kfac(model, lr, damping=args.damping, inverse_every=args.inverse_every)
     return getattr(optax, args.optimizer)(lr)
 
 

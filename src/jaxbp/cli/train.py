@@ -26,6 +26,7 @@ examples:
   jaxbp train --model gpt --out runs/gpt        # ~35 s on 2 cores; jaxbp sample runs/gpt
   jaxbp train --model lstm --out runs/lstm
   jaxbp train --grad dp --clip-norm 1 --noise-multiplier 1.1 --out runs/dp
+  jaxbp train --optimizer kfac --out runs/kfac   # K-FAC: the curvature from the same sweep
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from pathlib import Path
 from jaxbp.cli._common import number
 from jaxbp.cli._train_options import (
     DEFAULTS,
+    KFAC_DEFAULTS,
     PRESET_DEFAULTS,
     SEQUENCE_DEFAULTS,
     SEQUENCE_MODELS,
@@ -43,7 +45,7 @@ from jaxbp.cli._train_options import (
 from jaxbp.layers.models import PRESETS
 
 HELP = "train a network (default: an MLP on digits, ~97% test accuracy)"
-OPTIMIZERS = ("adamw", "adam", "sgd", "momentum", "rmsprop")
+OPTIMIZERS = ("adamw", "adam", "sgd", "momentum", "rmsprop", "kfac")
 GRADS = ("backprop", "autodiff", "fa", "dfa", "dp")
 
 
@@ -112,6 +114,23 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help=f"adamw's decoupled decay; refused with other optimizers (default 1e-4"
         f"{_for_models('weight_decay')})",
     )
+    kfac = parser.add_argument_group(
+        "K-FAC (--optimizer kfac: each Dense and Conv layer's gradient preconditioned by its "
+        "Kronecker-factored curvature, jaxbp.kfac; other layers' gradients as they are)"
+    ).add_argument
+    kfac(
+        "--damping",
+        type=number(float),
+        metavar="LAMBDA",
+        help=f"Tikhonov damping, split over the two factors (default {KFAC_DEFAULTS['damping']:g})",
+    )
+    kfac(
+        "--inverse-every",
+        type=number(int),
+        metavar="K",
+        help=f"recompute the factors' inverses every K steps (default "
+        f"{KFAC_DEFAULTS['inverse_every']})",
+    )
     add("--epochs", type=number(int), help=f"default 40{_for_models('epochs')}")
     add("--batch-size", type=number(int), help=f"default 32{_for_models('batch_size')}")
     add(
@@ -169,9 +188,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _for_models(name: str) -> str:
-    """', cnn: 3e-3, gpt: 6e-3, ...': the defaults that a --model sets otherwise."""
+    """', cnn: 3e-3, gpt: 6e-3, ...': the defaults that a --model (or kfac) sets otherwise."""
     models = PRESET_DEFAULTS | SEQUENCE_DEFAULTS
     shown = [f"{m}: {d[name]:g}" for m, d in models.items() if d[name] != DEFAULTS[name]]
+    if name in KFAC_DEFAULTS:
+        shown.append(f"--optimizer kfac: {KFAC_DEFAULTS[name]:g}")
     return "".join(f", {text}" for text in shown)
 
 
