@@ -42,7 +42,7 @@ CONTRACT = {
 
 
 MODULES = {"layers", "losses", "train", "datasets", "checkpoint", "explain", "signals", "feedback",
-           "protocols", "walk", "check"}  # fmt: skip
+           "protocols", "walk", "check", "optimizers"}  # fmt: skip
 
 
 @pytest.mark.parametrize("name", jaxbp.__all__)

@@ -3,7 +3,8 @@
 Layers and losses carry hand-written backward rules (`jaxbp.layers`, `jaxbp.losses`); `backprop`
 chains them in a reverse sweep; `autodiff` (jax.grad) is the referee; `jaxbp.check` verifies any
 rule; the same sweep hands out per-example gradients, their norms, curvature and DP-SGD
-(`jaxbp.quantities`); `jaxbp.train` runs compiled training loops with optax.
+(`jaxbp.quantities`); `jaxbp.train` runs compiled training loops with optax, and `kfac` is an
+optimiser that preconditions by the sweep's own K-FAC factors.
 """
 
 from jaxbp import (
@@ -14,6 +15,7 @@ from jaxbp import (
     feedback,
     layers,
     losses,
+    optimizers,
     protocols,
     signals,
     train,
@@ -48,6 +50,7 @@ from jaxbp.layers import (
     serial,
 )
 from jaxbp.losses import binary_cross_entropy, mse, softmax_cross_entropy
+from jaxbp.optimizers import KFAC, kfac
 from jaxbp.protocols import Combinator, Engine, Layer, Loss
 from jaxbp.quantities import grad_variance, per_example_grads, per_example_norms, sum_grad_squared
 from jaxbp.quantities.curvature import diag_ggn, diag_ggn_mc, ggn_vp, hvp, kfac_factors
@@ -68,5 +71,5 @@ __all__ = [
     "Engine", "RuleEngine", "engine_from_rules", "feedback_rule", "feedback_alignment",
     "direct_feedback_alignment", "alignment",
     "per_example_grads", "per_example_norms", "grad_variance", "sum_grad_squared", "dp_sgd",
-    "diag_ggn", "diag_ggn_mc", "kfac_factors", "hvp", "ggn_vp",
+    "diag_ggn", "diag_ggn_mc", "kfac_factors", "hvp", "ggn_vp", "optimizers", "kfac", "KFAC",
 ]  # fmt: skip

@@ -35,7 +35,7 @@ def engine_for(grad) -> Callable:
 def step_gradients(grad, optimizer) -> Callable:
     """How a training step gets its gradient: a function (model, loss, params, x, y, opt_state,
     **options) -> (value, grads, new state or None, extra keyword arguments for
-    optimizer.update). An optimizer with a `gradients` method (jaxbp.kfac's K-FAC, which needs
+    optimizer.update). An optimizer with a `gradients` method (K-FAC, jaxbp.kfac, which needs
     its curvature from the same sweep) computes them itself, from backprop's sweep; any other
     gets them from the engine."""
     engine = engine_for(grad)

@@ -225,7 +225,7 @@ def _optimizer(args, model, steps: int) -> optax.GradientTransformation:
     if args.optimizer == "momentum":
         return optax.sgd(lr, momentum=0.9)
     if args.optimizer == "kfac":  # a model it cannot precondition is the flag's fault
-        from jaxbp.kfac import kfac
+        from jaxbp.optimizers import kfac
 
         errors = (ValueError, TypeError, NotImplementedError)
         with bad_input(f"--optimizer kfac on this model ({type(model).__name__})", errors):

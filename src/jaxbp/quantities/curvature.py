@@ -201,8 +201,8 @@ def factors_of(
     samples: int | None, unsupported: str = "raise", paths: tuple | None = None,
 ) -> ByPath:  # fmt: skip
     """kfac_factors from a recording of the sweep (`_leaves.record`), so that a caller which
-    also needs the gradient (jaxbp.kfac's optimizer) runs the forward and backward once; the
-    Monte Carlo columns are drawn from sample_key. paths: only these layers' factors (each
+    also needs the gradient (the K-FAC optimiser, jaxbp.kfac) runs the forward and backward
+    once; the Monte Carlo columns are drawn from sample_key. paths: only these layers' factors (each
     must have a K-FAC rule), instead of every layer's."""
     if not owns_params(model, params, rec):
         raise NotImplementedError(

@@ -1,6 +1,6 @@
-"""K-FAC (Martens and Grosse 2015): an optimiser that preconditions each layer's gradient by the
-inverse of its Kronecker-factored curvature, the factors coming from the same backward sweep as
-the gradient (`jaxbp.quantities.kfac_factors`).
+"""Optimisers that need more than the gradient. K-FAC (Martens and Grosse 2015): an optimiser
+that preconditions each layer's gradient by the inverse of its Kronecker-factored curvature, the
+factors coming from the same backward sweep as the gradient (`jaxbp.quantities.kfac_factors`).
 
 For a layer with a K-FAC rule (Dense; Conv with groups=1), theta = [W.reshape(-1, features); b]
 and its block of the curvature is approximated as A (x) G (A: the inputs' second moment, with a
