@@ -40,6 +40,9 @@ def make_step(
     raises ValueError naming the layers when it traces (before anything runs or is donated),
     rather than drop their running statistics.
 
+    An optimizer with a `gradients` method (jaxbp.kfac) makes the gradient itself, from
+    backprop's sweep, and passes its update what it needs besides (K-FAC's factors).
+
     An engine that asks for Poisson sampling (engine.sampling == "poisson", DP-SGD) is refused:
     that sampling draws each step's examples from the whole training set, which one step on a
     given batch does not have, and the accountant's epsilon holds only for it. fit and
