@@ -197,7 +197,7 @@ def test_a_quick_run_reports_every_row_timed_or_why_not(dp_run):
     assert [line.split(":")[0].strip() for line in lines] == ["dp"]
     group = result["groups"]["dp"]
     names = [row["quantity"] for row in group["rows"]]
-    assert names == ["sgd step", "dp_sgd step", "dp clip step"]
+    assert names == ["sgd step", "dp_sgd step", "dp clip step", "clipped sum"]
     dp = group["rows"][1]
     assert dp["s"] > 0 and dp["over_base"]["median"] > 0
     assert dp["reference"]["over_jaxbp"]["median"] > 0 and np.isfinite(dp["noise_share"])

@@ -7,7 +7,8 @@ from jaxbp.bench._report import _header, _t
 TITLES = {
     "first_order": "First-order quantities (base: the backprop gradient; torch: a plain backward)",
     "curvature": "Curvature (base: the backprop gradient; torch: a plain backward)",
-    "dp": "DP-SGD steps, optax/torch SGD (base: a plain SGD step in each framework)",
+    "dp": "DP-SGD steps, optax/torch SGD, and the clipped sum alone (base: a plain SGD step in "
+    "each framework; jax-privacy's: jaxbp's optax step)",
 }
 
 
@@ -63,7 +64,7 @@ def table(group: str, configs: dict) -> str:
             "memory",
             "peer",
             "time",
-            "/ torch base",
+            "/ its base",
             "peer / jaxbp",
             "memory",
         ),  # fmt: skip
@@ -103,6 +104,9 @@ def goals(configs: dict) -> list[str]:
             for q in ("per_example_norms", "dp_sgd step"):
                 ref = rows.get(q, {}).get("reference", {})
                 checks.append((f"vmap(jax.grad) / {q} >= 10", ref.get("over_jaxbp"), 10, ">="))
+            peer = rows.get("clipped sum", {}).get("peers", {}).get("jax-privacy clipped_grad", {})
+            text = "jax-privacy clipped_grad / clipped sum >= 10"
+            checks.append((text, peer.get("over_jaxbp"), 10, ">="))
         for q, row in rows.items():
             for peer, entry in row.get("peers", {}).items():
                 if q not in ("backprop", "sgd step"):
@@ -112,6 +116,21 @@ def goals(configs: dict) -> list[str]:
         if "noise_share" in dp:
             out.append(f"- {name}: the noise's share of the DP-SGD step: {dp['noise_share']:.1%}")
     return out
+
+
+def _jax_privacy_settings() -> str:
+    from jaxbp.bench import jax_privacy_peer as jp
+
+    sizes = ", ".join(f"{k} {v or 'none (one vmap)'}" for k, v in jp.MICROBATCH_SIZES.items())
+    return (
+        "jax-privacy 2.0's `clipped_grad`, jitted, at the microbatch size that timed fastest on "
+        f"each config ({sizes}), nan_safe={jp.NAN_SAFE} (jaxbp does not sanitise NaNs either); "
+        "its DP step: `CyclicPoissonSampling` of expected size the batch from "
+        f"{jp.POOL} x batch examples, truncated and padded to the batch "
+        "(`split_and_pad_global_batch`, padding rows flagged `is_padding_example`), "
+        "`gaussian_privatizer` noise, optax SGD; the draws made before timing. Why: "
+        "`jaxbp/bench/jax_privacy_peer.py`."
+    )
 
 
 def _verdict(r: dict | None, target: float, op: str) -> str:
@@ -133,7 +152,16 @@ def to_markdown(results: dict) -> str:
         "the compiled program's temp + output bytes; torch, the peak of the CPU allocator's "
         "running total during one call (torch.profiler, profile_memory=True).",
     ]
+    for rerun in results.get("reruns", []):  # groups measured again later, merged in
+        env = rerun["environment"]
+        lines[0] += (
+            f" The {', '.join(rerun['groups'])} group of {', '.join(rerun['configs'])}: a later "
+            f"run, `{rerun['command']}`, jax {env['jax']}, torch {env['torch'] or 'not installed'}"
+            f"; {env['date']}."
+        )
     for group in TITLES:
         lines += ["", table(group, results["configs"])]
+        if group == "dp":
+            lines += ["", _jax_privacy_settings()]
     lines += ["", "**Goals**", "", *goals(results["configs"])]
     return "\n".join(lines)

@@ -1,13 +1,18 @@
 """Per-example, curvature and DP quantities, timed side by side: jaxbp's hand-written sweeps,
-vmap(jax.grad) references, and BackPACK and Opacus on the same network (when installed).
+vmap(jax.grad) references, BackPACK and Opacus (torch) and jax-privacy (JAX) on the same network,
+when installed.
 
 Three groups, each one interleaved run holding its own bases, so every ratio is paired: the
 first-order quantities and the curvature against the backprop gradient (torch: a plain forward
-and backward), DP-SGD against a plain SGD step in each framework. Each row gives the quantity's
+and backward), DP-SGD against a plain SGD step in each framework (jax-privacy's: optax's). The DP
+group adds the clipped sum alone, sum_i min(1, C/||g_i||) g_i, against jax-privacy's
+`clipped_grad` (settings and batch selection in jax_privacy_peer). Each row gives the quantity's
 time as a ratio to its framework's base, the vmap(jax.grad) reference's time over jaxbp's, and
 each peer's absolute time over jaxbp's, with peak memory (bytes): jax's compiled temp + output,
 torch's peak of its CPU allocator's running total during one call (torch.profiler).
-Per-example quantities need independent examples, so `cnn` runs without its BatchNorm.
+Per-example quantities need independent examples, so `cnn` runs without its BatchNorm. `gpt`
+runs when named, without torch peers (a loss at every position); a row whose quantity refuses a
+model (a `Tied` head, say) says so instead of failing the run.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from jaxbp.bench._quantities_rows import (
     DEFAULT_CONFIGS,
     GROUPS,
     JACOBIAN_ENTRIES,
+    JAX_PEERS,
     LR,
     NOISE_MULTIPLIER,
     ROWS,
@@ -41,6 +47,7 @@ from jaxbp.bench._quantities_rows import (
 )
 from jaxbp.bench._timing import interleaved, ratio
 from jaxbp.bench.mlp import SETTLE_SECONDS, Config
+from jaxbp.bench.sequence import SequenceConfig
 from jaxbp.bench.vision import VisionConfig
 
 __all__ = ["ROWS", "GROUPS", "DEFAULT_CONFIGS", "Row", "check", "problem", "group_times",
@@ -94,7 +101,10 @@ def jax_candidates(group: str, model, loss, params, x, y) -> tuple[dict, dict, d
     fns: dict[str, tuple[Callable, int]] = {}
     missing: dict[str, str] = {}
     for name, build in _builders(group, model, loss, params, x, y).items():
-        f = build()
+        try:
+            f = build()
+        except NotImplementedError as error:  # gpt's Tied embedding, say: the row says so
+            f = f"refused: {str(error)[:100]}"
         if f is None:
             missing[name] = "not in jaxbp.quantities yet"
         elif isinstance(f, str):
@@ -137,10 +147,35 @@ def _builders(group: str, model, loss, params, x, y) -> dict[str, Callable]:
         # None while jaxbp has no dp_sgd: the row then says so
         out["dp_sgd step"] = lambda: dp and step(dp(CLIP_NORM, NOISE_MULTIPLIER))
         out["dp clip step"] = lambda: dp and step(dp(CLIP_NORM, 0.0))
+        out["clipped sum"] = lambda: (
+            dp and _compiled(partial(_clipped_sum, dp(CLIP_NORM, 0.0), model, loss), params, x, y)
+        )
         out["vmap(grad) dp step"] = partial(
             step, reference.vmap_dp_sgd(CLIP_NORM, NOISE_MULTIPLIER)
         )
     return out
+
+
+def _clipped_sum(engine, model, loss, params, x, y):
+    """sum_i min(1, C/||g_i||) g_i: the engine's clipped mean (no noise) times the batch."""
+    return jax.tree.map(lambda g: g * len(x), engine(model, loss, params, x, y)[1])
+
+
+def _jax_peers(group: str, config, model, loss, params, x, y) -> tuple[dict, dict, dict]:
+    """jax-privacy's calls for group, at its fastest microbatch size on config: ({name: call},
+    {name: bytes}, {name: why missing})."""
+    names = [p for row in ROWS if row.group == group for p in row.peers if p in JAX_PEERS]
+    if not names:
+        return {}, {}, {}
+    from jaxbp.bench import jax_privacy_peer as jp
+
+    why = jp.missing()
+    if why:
+        return {}, {}, dict.fromkeys(names, why)
+    options = {"clip_norm": CLIP_NORM, "noise_multiplier": NOISE_MULTIPLIER, "lr": LR}
+    options["microbatch_size"] = jp.MICROBATCH_SIZES.get(config.name, jp.MICROBATCH_SIZE)
+    built = jp.candidates(model, loss, params, x, y, **options)
+    return {k: v[0] for k, v in built.items()}, {k: v[1] for k, v in built.items()}, {}
 
 
 def _size(params) -> int:
@@ -161,7 +196,10 @@ def _ours(model, loss, params, x, y, name, *extra, **options):
 
 def _torch_candidates(group: str, config, model, params, x, y, shape) -> tuple[dict, dict]:
     """BackPACK's or Opacus's calls for group with their peak bytes, or why each is missing."""
-    names = [TORCH_BASES[group], *(p for row in ROWS if row.group == group for p in row.peers)]
+    peers = (p for row in ROWS if row.group == group for p in row.peers if p not in JAX_PEERS)
+    names = [TORCH_BASES[group], *peers]
+    if isinstance(config, SequenceConfig):
+        return {}, dict.fromkeys(names, "no torch peer for a sequence model here")
     if config.loss != "softmax_cross_entropy":
         return {}, dict.fromkeys(names, "peers run softmax_cross_entropy only")
     try:
@@ -182,6 +220,8 @@ def group_times(group: str, config, *, reps: int, quick: bool = False) -> dict:
     """One interleaved run of group's candidates in both frameworks, and its rows of ratios."""
     model, loss, params, x, y, shape = problem(config)
     fns, memory, missing = jax_candidates(group, model, loss, params, x, y)
+    jax_peers, jax_memory, jax_missing = _jax_peers(group, config, model, loss, params, x, y)
+    fns, memory, missing = fns | jax_peers, memory | jax_memory, missing | jax_missing
     peers, torch_missing = _torch_candidates(group, config, model, params, x, y, shape)
     t = interleaved(
         fns | {name: fn for name, (fn, _) in peers.items()}, reps=reps, warmup=1 if quick else 2,
@@ -199,7 +239,8 @@ def group_times(group: str, config, *, reps: int, quick: bool = False) -> dict:
 
 def rows(group: str, t: dict[str, np.ndarray], missing: dict[str, str]) -> list[dict]:
     """Per quantity: its time over its base, the reference's and each peer's over jaxbp's, each
-    peer's over its own framework's base; paired ratios (median, 95% CI, IQR)."""
+    peer's over its own framework's base (a JAX peer's: jaxbp's); paired ratios (median, 95% CI,
+    IQR)."""
     base, torch_base = BASES[group], TORCH_BASES[group]
     out = []
     for row in (Row(group, base, None, (torch_base,)), *(r for r in ROWS if r.group == group)):
@@ -208,7 +249,9 @@ def rows(group: str, t: dict[str, np.ndarray], missing: dict[str, str]) -> list[
         if row.reference:
             timed = _timed(t, missing, row.reference, base, q)
             entry["reference"] = {"name": row.reference, **timed}
-        entry["peers"] = {p: _timed(t, missing, p, torch_base, q) for p in row.peers}
+        entry["peers"] = {
+            p: _timed(t, missing, p, base if p in JAX_PEERS else torch_base, q) for p in row.peers
+        }
         out.append(entry)
     if "dp_sgd step" in t and "dp clip step" in t:  # the noise's share of the DP step
         dp = next(entry for entry in out if entry["quantity"] == "dp_sgd step")

@@ -26,6 +26,7 @@ examples:
   jaxbp bench --out benchmarks/results --overwrite      # refresh the committed results
   jaxbp bench --model 784:1024,1024,10:relu:softmax_cross_entropy:512
   jaxbp bench --quantities --out runs/bench-quantities   # vs vmap(jax.grad), BackPACK, Opacus
+  jaxbp bench --quantities dp --configs digits wide cnn gpt --out runs/bench-dp  # + jax-privacy
 """
 
 from __future__ import annotations
@@ -69,8 +70,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="GROUP",
         help="instead, time per-example, curvature and DP quantities against vmap(jax.grad), "
-        "BackPACK and Opacus (groups: first_order curvature dp; default all) on the MLP configs "
-        "and cnn (default digits wide cnn; with --quick: digits); writes quantities.json/.md",
+        "BackPACK, Opacus and jax-privacy (groups: first_order curvature dp; default all) on the "
+        "MLP configs, cnn and gpt (default digits wide cnn; with --quick: digits); writes "
+        "quantities.json/.md",
     )
 
 
@@ -108,7 +110,7 @@ def _quantities(args: argparse.Namespace, customs: bool) -> tuple:
 
     default = [] if customs else ["digits"] if args.quick else list(quantities.DEFAULT_CONFIGS)
     groups = tuple(args.quantities) or quantities.GROUPS
-    with bad_input():  # resnet's BatchNorm: refused before any measuring
+    with bad_input():  # resnet's BatchNorm, lstm: refused before any measuring
         for name in args.configs or default:
             quantities.check(bench.CONFIGS[name])
     measure = partial(quantities.run, groups=groups)
