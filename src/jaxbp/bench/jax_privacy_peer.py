@@ -8,14 +8,15 @@ Its settings, chosen per config by timing the clipped sum alone at each microbat
 XLA:CPU, jax 0.10.2, jitted; `MICROBATCH_SIZES`). On the MLPs one example per microbatch wins by
 far: with more, each Dense layer's per-example gradient x_i^T dy_i is a batched dot_general with a
 contraction of size 1, which XLA:CPU runs slowly. On `wide` (batch 512, 1.86M params) the clipped
-sum took 36 s at the default (no microbatching: 512 per-example gradients, 3.8 GB, at once), ~5 s
-at microbatches of 2 to 64 and 0.3-0.7 s at 1; on `digits` 17 ms at the default, 2-3 ms at 2 to 32
-and 1.6-2 ms at 1. With one example the vmap is a plain forward and backward per example in a
+sum took 36 s (the issue's timing; 75 s here on a loaded machine) at the default, no microbatching,
+its program holding 5.2 GB (512 per-example gradients of 7.4 MB and their clipped copies); ~5 s at
+microbatches of 2 to 64; 0.3-0.7 s and 13 MB at 1. On `digits` 17 ms at the default, 2-3 ms at 2 to
+32 and 1.6-2 ms at 1. With one example the vmap is a plain forward and backward per example in a
 loop, at most one per-example gradient alive. On `gpt` too (each example has 32 positions, so no
-contraction of 1, yet): 0.44 s at 1, 0.70 s at 4, 0.74 s at 16, 0.79 s at the default. On `cnn`
-the default wins: vmap turns each convolution into one grouped convolution over the batch, 19 ms
-against 60 ms at 8 and 67 ms at 1. nan_safe=False: jaxbp's clipping does not sanitise NaNs
-either, so both do the same arithmetic (the default, True, adds a pass over every gradient).
+contraction of 1, yet): 0.44 s at 1, 0.70 s at 4, 0.74 s at 16, 0.79 s at the default. On `cnn` the
+default wins: vmap turns each convolution into one grouped convolution over the batch, 19 ms
+against 60 ms at 8 and 67 ms at 1. nan_safe=False: jaxbp's clipping does not sanitise NaNs either,
+so both do the same arithmetic (the default, True, adds a pass over every gradient).
 
 The DP-SGD step follows jax-privacy's own recipe (its keras_api): batches by
 `CyclicPoissonSampling` (Poisson sampling, truncated to the batch's capacity) padded to a fixed
