@@ -270,3 +270,23 @@ def test_jaxbp_train_optimizer_kfac(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1, err
         assert not (tmp_path / "bad").exists()
+
+
+def test_kfac_on_the_residual_and_dropout_presets():
+    """Inside Residual blocks every Dense is preconditioned and the skip stays (the gradient is
+    backprop's); Dropout's masks come from the step's key, the draws from K-FAC's own."""
+    (x, y), _ = _digits(32)
+    for name, inner in [("residual", ["[0]", "[1][1]", "[1][3]", "[4]"]), ("dropout", ["[3]"])]:
+        model = jaxbp.layers.preset(name, 10)
+        params = model.init(jax.random.PRNGKey(0), (64,))[1]
+        opt = kfac(model, 0.05)
+        assert set(inner) <= {path_str(p) for p in opt.paths}
+        key = jax.random.PRNGKey(3)
+        gradients = jax.jit(opt.gradients, static_argnums=(0, 1))
+        _, grads, _, extra = gradients(model, softmax_cross_entropy, params, x, y,
+                                       opt_state=opt.init(params), key=key)  # fmt: skip
+        reference = jaxbp.backprop(model, softmax_cross_entropy, params, x, y, key=key)[1]
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+                     grads, reference)  # fmt: skip
+        updates, _ = jax.jit(opt.update)(grads, opt.init(params), params, **extra)
+        assert all(bool(jnp.isfinite(u).all()) for u in jax.tree.leaves(updates))
