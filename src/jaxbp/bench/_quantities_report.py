@@ -157,7 +157,7 @@ def to_markdown(results: dict) -> str:
         lines[0] += (
             f" The {', '.join(rerun['groups'])} group of {', '.join(rerun['configs'])}: a later "
             f"run, `{rerun['command']}`, jax {env['jax']}, torch {env['torch'] or 'not installed'}"
-            f"; {env['date']}."
+            f"; {env['date']}{'; ' + rerun['note'] if rerun.get('note') else ''}."
         )
     for group in TITLES:
         lines += ["", table(group, results["configs"])]
