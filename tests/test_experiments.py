@@ -200,6 +200,39 @@ def check_feedback_alignment(r: dict) -> None:
         assert all(len(a) == epochs + 1 and all(0 <= v <= 180 for v in a) for a in fa.values())
 
 
+def check_kfac(r: dict) -> None:
+    config = r["config"]
+    assert config["quick"] is True and len(config["seeds"]) >= 2  # seed noise needs two
+    peer = config["kfac_jax"]
+    names = ["kfac", "kfac_jax", "adam", "sgd"] if peer else ["kfac", "adam", "sgd"]
+    for task in ("autoencoder", "classifier"):
+        t, steps = r[task], config["tasks"][task]["steps"]
+        assert set(t["tuning"]) == {"kfac", "adam", "sgd"} and list(t["runs"]) == names, task
+        for name, run in t["runs"].items():
+            assert len(run["mean"]) == steps and finite(*run["mean"]), (task, name)
+            assert all(lo <= m <= hi for lo, m, hi in zip(run["min"], run["mean"], run["max"]))
+            assert len(run["loss_per_seed"]) == len(config["seeds"]), (task, name)
+        # --quick's 10 steps: K-FAC's smoothed loss falls well below the first batch's (seen
+        # 45.2 -> 41.6 on the autoencoder, 2.30 -> 2.03 on the classifier).
+        kfac = t["runs"]["kfac"]
+        assert kfac["smoothed_mean"][-1] < 0.95 * kfac["mean"][0], task
+        if peer:
+            noise = t["seed_noise"]
+            assert finite(noise["median_abs_z"], noise["mean_rel_diff"]), task
+    for run in r["classifier"]["runs"].values():
+        assert all(0 <= s["test_accuracy"] <= 1 for s in run["test"])
+    s2t = r["autoencoder"]["steps_to_target"]
+    assert finite(s2t["target"]) and set(names) <= set(s2t)
+    timing = r["autoencoder"]["timing"]
+    assert all(v > 0 for v in timing["median_step_seconds"].values())
+    assert all(m["temp_plus_output"] > 0 for m in timing["memory_bytes"].values())
+    if peer:
+        assert timing["ratio_jaxbp_over_kfac_jax"]["median"] > 0
+        factors = r["classifier"]["factors"]
+        # float64, both exact: they differ by summation order alone (seen 4e-16)
+        assert factors["A"]["max_rel_diff"] < 1e-12 and factors["G"]["max_rel_diff"] < 1e-12
+
+
 KNOWN = {
     "seed_example": (("factors.png", "cost.png"), check_seed_example),
     "vanishing_gradients": (("per_layer.png", "depth.png"), check_vanishing_gradients),
@@ -211,6 +244,7 @@ KNOWN = {
     "attention_backward": (("attention_backward.png",), check_attention_backward),
     "curvature": (("diagonal.png", "training.png"), check_curvature),
     "feedback_alignment": (("accuracy.png", "alignment.png"), check_feedback_alignment),
+    "kfac": (("autoencoder.png", "classifier.png"), check_kfac),
 }
 
 
