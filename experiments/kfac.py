@@ -18,7 +18,7 @@ Measured: per step, the batch's loss before the update (mean, min and max over s
 whether the two K-FAC curves agree within seed noise (the difference of their mean smoothed
 curves over the standard error that the seed-to-seed spread gives it); steps to the
 autoencoder's target loss (Adam's mean smoothed loss at the end of its budget); per-step time of
-jaxbp K-FAC, kfac-jax and Adam on the autoencoder, interleaved in blocks of two inverse periods
+jaxbp K-FAC, kfac-jax, Adam and SGD on the autoencoder, interleaved in blocks of two inverse periods
 (compilation excluded), with the paired ratio's median and 95% CI; XLA's planned memory of
 each compiled step; and one layer's exact K-FAC factors (jaxbp.kfac_factors against kfac-jax's
 "ggn_exact" after one step), float64.
@@ -432,8 +432,8 @@ def stepper(step, params, state, batches, extra=None):
 
 
 def timing(task, net, picks, train_set, reps: int) -> dict:
-    """Per-step seconds of jaxbp K-FAC, kfac-jax (same inverse period) and Adam, interleaved in
-    rotating order in blocks of 2 inverse periods, after warm-up; median per step, the paired
+    """Per-step seconds of jaxbp K-FAC, kfac-jax (same inverse period), Adam and SGD, interleaved in
+    rotating order, in blocks of 2 inverse periods, after warm-up; median per step, the paired
     ratio jaxbp / kfac-jax (median, 95% CI), and each compiled step's planned memory."""
     params = net.init(jax.random.PRNGKey(0))
     batches = [tuple(map(jnp.asarray, b)) for b in batches_for(task, 0, train_set, 20)]

@@ -145,6 +145,22 @@ def depth_loss_row(family: str) -> list:
     return loss + delta
 
 
+def seed_mean(path: str, key: str | None = None, scale: float = 1.0) -> Callable[[dict], float]:
+    """The mean over seeds of a per-seed list (or of one key of a list of dicts)."""
+
+    def get(tree):
+        values = at(path)(tree)
+        values = [v[key] for v in values] if key else values
+        return scale * sum(values) / len(values)
+
+    get.path = path + (f"/*/{key}" if key else "") + " (mean over seeds)"
+    return get
+
+
+KFAC_NAMES = ("kfac", "kfac_jax", "adam", "sgd")
+AE_TIMING = "autoencoder/timing"
+
+
 def vanishing_row(act: str) -> list:
     return [
         (None, at(f"{act}/measured_delta_factor")),
@@ -328,6 +344,23 @@ EXPERIMENTS: dict[tuple[str, str, int, str], tuple[str, list]] = {
           for o in ("adam", "sgd", "diag_ggn", "diag_ggn_mc")],
         *[(None, at(f"training/{o}/selected/test_loss/-1"))
           for o in ("adam", "sgd", "diag_ggn", "diag_ggn_mc")],
+    ]),  # fmt: skip
+    ("experiments", "Results", 0, "kfac"): ("kfac", [
+        (None, at("config/tasks/autoencoder/steps")), (None, count("config/seeds")),
+        (None, at("autoencoder/seed_noise/median_abs_z")),
+        (None, at("autoencoder/steps_to_target/target")),
+        *[(None, at(f"autoencoder/steps_to_target/{o}/median")) for o in KFAC_NAMES[:3]],
+        (None, at("autoencoder/steps_to_target/adam_over_kfac")),
+        *[(None, at(f"{AE_TIMING}/ratio_jaxbp_over_kfac_jax/{k}"))
+          for k in ("median", "ci95_low", "ci95_high")],
+        *[(None, mib(f"{AE_TIMING}/memory_bytes/{o}/temp_plus_output"))
+          for o in ("jaxbp_kfac", "kfac_jax")],
+        (None, at("autoencoder/factors/G/max_rel_diff")),
+        (None, at("config/tasks/classifier/steps")),
+        *[(None, seed_mean(f"classifier/runs/{o}/final_smoothed_loss_per_seed"))
+          for o in KFAC_NAMES],
+        *[(None, seed_mean(f"classifier/runs/{o}/test", "test_accuracy", 100.0))
+          for o in KFAC_NAMES],
     ]),  # fmt: skip
     # experiments/README.md, each experiment's own tables
     ("experiments", "vanishing_gradients", 0, "activation"): ("vanishing_gradients", [
