@@ -34,6 +34,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
+import os
+import subprocess
+import sys
+import tempfile
 import time
 from typing import Any
 
@@ -87,12 +92,14 @@ def kfac_grid(lrs, dampings):
 # Grids around where short probes trained (autoencoder, 40 steps: damping 0.01 and 0.1 diverge
 # at lr >= 0.003; 1-10 train; 100 is slower). The loss sums 64 pixels per example, so the
 # autoencoder's gradients are ~64x a mean's: small SGD and Adam rates.
-AE_GRIDS = {"kfac": kfac_grid((0.01, 0.03, 0.1), (0.3, 1.0, 3.0)),
+# A first run's picks (150 steps) sat on its grids' edges (K-FAC lr 0.1 damping 3, SGD 1e-2,
+# the classifier's at the largest rates): these grids are centred on them.
+AE_GRIDS = {"kfac": kfac_grid((0.03, 0.1, 0.3), (1.0, 3.0, 10.0)),
             "adam": tuple((lr, None) for lr in (3e-4, 1e-3, 3e-3)),
-            "sgd": tuple((lr, None) for lr in (1e-3, 3e-3, 1e-2))}  # fmt: skip
-CLASSIFIER_GRIDS = {"kfac": kfac_grid((0.01, 0.03, 0.1), (1e-3, 1e-2, 1e-1, 1.0)),
-                    "adam": tuple((lr, None) for lr in (1e-3, 3e-3, 1e-2)),
-                    "sgd": tuple((lr, None) for lr in (0.01, 0.03, 0.1))}  # fmt: skip
+            "sgd": tuple((lr, None) for lr in (3e-3, 1e-2, 3e-2))}  # fmt: skip
+CLASSIFIER_GRIDS = {"kfac": kfac_grid((0.03, 0.1, 0.3), (1e-2, 1e-1, 1.0)),
+                    "adam": tuple((lr, None) for lr in (3e-3, 1e-2, 3e-2)),
+                    "sgd": tuple((lr, None) for lr in (0.03, 0.1, 0.3))}  # fmt: skip
 TASKS = {
     "autoencoder": Task(
         "autoencoder",
@@ -100,8 +107,8 @@ TASKS = {
         AUTOENCODER_ACTIVATIONS,
         "binary_cross_entropy",
         batch=256,
-        steps=150,
-        tune_steps=50,
+        steps=500,
+        tune_steps=100,
         grids=AE_GRIDS,
         factor_layer=0,
     ),
@@ -453,10 +460,45 @@ def timing(task, net, picks, train_set, reps: int) -> dict:
     out = {"block_steps": 2 * INVERSE_EVERY, "blocks": len(per_step["adam"]),
            "median_step_seconds": {n: float(np.median(v)) for n, v in per_step.items()},
            "memory_bytes": mem}  # fmt: skip
+    out["memory_bytes_memory_scheduler"] = memory_under_memory_scheduler(task, picks)
     if HAVE_KFAC_JAX:
         out["ratio_jaxbp_over_kfac_jax"] = ratio(per_step["jaxbp_kfac"], per_step["kfac_jax"])
     out["ratio_jaxbp_kfac_over_adam"] = ratio(per_step["jaxbp_kfac"], per_step["adam"])
     return out
+
+
+# XLA:CPU plans memory under its default, concurrency-optimised scheduler; this flag (read at
+# start-up, so a fresh process) makes it minimise memory instead (jaxbp.bench.gpt2 reports both).
+MEMORY_SCHEDULER_FLAG = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
+
+
+def memory_under_memory_scheduler(task: Task, picks: dict) -> dict:
+    """The two K-FAC steps' planned memory under the memory-minimising scheduler: this script
+    again, in a process started with the flag, compiling both steps and printing their plans."""
+    flags = f"{os.environ.get('XLA_FLAGS', '')} {MEMORY_SCHEDULER_FLAG}".strip()
+    ask = json.dumps({"task": task.name, "quick": task != TASKS.get(task.name),
+                      "lr": picks["kfac"]["lr"], "damping": picks["kfac"]["damping"]})  # fmt: skip
+    env = {**os.environ, "XLA_FLAGS": flags, "JAXBP_KFAC_MEMORY": ask}
+    with tempfile.TemporaryDirectory() as scratch:
+        done = subprocess.run([sys.executable, __file__, "--out", scratch], env=env,
+                              capture_output=True, text=True, timeout=600)  # fmt: skip
+    if done.returncode:
+        raise RuntimeError(f"the memory-scheduler process failed: {done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _print_memory(ask: dict, train_set) -> None:
+    """The child of memory_under_memory_scheduler: both K-FAC steps compiled, plans printed."""
+    task = (QUICK_TASKS if ask["quick"] else TASKS)[ask["task"]]
+    net = MLP(task.widths, task.activations)
+    batch = tuple(map(jnp.asarray, batches_for(task, 0, train_set, 1)[0]))
+    out = {
+        "flag": MEMORY_SCHEDULER_FLAG,
+        "jaxbp_kfac": jaxbp_step(task, net, "kfac", ask["lr"], ask["damping"], batch)[2],
+    }
+    if HAVE_KFAC_JAX:
+        out["kfac_jax"] = peer_step(task, net, ask["lr"], ask["damping"], batch)[2]
+    print(json.dumps(out))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -495,12 +537,14 @@ LABELS = {"kfac": "jaxbp K-FAC", "kfac_jax": "kfac-jax", "adam": "Adam", "sgd": 
 COLORS = {"kfac": "C0", "kfac_jax": "C3", "adam": "C2", "sgd": "C7"}
 
 
-def plot(task: Task, runs: dict, target: float | None, step_seconds, seeds, out) -> None:
+def plot(task: Task, runs: dict, target, step_seconds, seeds, out, floor=None) -> None:
     """Loss against steps and against seconds: the mean over seeds of the smoothed loss, and
     (for the two K-FACs) the band between the seeds' smoothed min and max. Seconds: steps times
     the interleaved per-step time where measured (step_seconds: the autoencoder's, side by
     side, so load that changed between the runs does not tilt the comparison), else the runs'
-    own cumulative wall time."""
+    own cumulative wall time. floor: the autoencoder's least possible loss (its pixels' entropy),
+    subtracted so that a log axis shows how far each run is from it."""
+    shift = floor or 0.0
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for name, r in runs.items():
         steps = np.arange(1, len(r["mean"]) + 1)
@@ -512,17 +556,21 @@ def plot(task: Task, runs: dict, target: float | None, step_seconds, seeds, out)
             f", damping {r['damping']:g})" if r["damping"] is not None else ")"
         )
         for ax, x in zip(axes, (steps, seconds)):
-            ax.plot(x, r["smoothed_mean"], color=COLORS[name], label=label, lw=1.4)
+            ax.plot(x, np.asarray(r["smoothed_mean"]) - shift, color=COLORS[name], label=label,
+                    lw=1.4)  # fmt: skip
             if name in ("kfac", "kfac_jax"):
-                ax.fill_between(x, per_seed.min(0), per_seed.max(0), color=COLORS[name],
-                                alpha=0.2, lw=0)  # fmt: skip
+                ax.fill_between(x, per_seed.min(0) - shift, per_seed.max(0) - shift,
+                                color=COLORS[name], alpha=0.2, lw=0)  # fmt: skip
     seconds_label = ("seconds (steps x per-step time measured interleaved)" if step_seconds
               else "seconds (wall time of the runs, mean over seeds)")  # fmt: skip
     for ax, xlabel in zip(axes, ("step", seconds_label)):
         if target is not None:
-            ax.axhline(target, color="k", ls="--", lw=0.8, label="target (Adam's final loss)")
-        ax.set(xlabel=xlabel, ylabel=f"training loss, mean of last {SMOOTH} batches",
-               yscale="log" if task.loss == "softmax_cross_entropy" else "linear")  # fmt: skip
+            ax.axhline(target - shift, color="k", ls="--", lw=0.8,
+                       label="target (Adam's final loss)")  # fmt: skip
+        ylabel = f"training loss, mean of last {SMOOTH} batches"
+        if floor:
+            ylabel = f"{ylabel},\nminus its floor {floor:.2f} (the pixels' entropy)"
+        ax.set(xlabel=xlabel, ylabel=ylabel, yscale="log")
         ax.grid(alpha=0.3, which="both")
     axes[0].legend(fontsize=8)
     widths = "-".join(map(str, task.widths))
@@ -536,9 +584,22 @@ def strip(runs: dict) -> dict:
     return {n: {k: v for k, v in r.items()} for n, r in runs.items()}
 
 
+def pixel_entropy(train_set) -> float:
+    """The autoencoder's floor: binary cross-entropy against targets in [0, 1] is at least their
+    entropy, sum_j -(x log x + (1 - x) log(1 - x)) per image (nats), reached at sigmoid(z) = x;
+    its mean over the training images."""
+    x = np.asarray(train_set[0], np.float64)
+    inside = (x > 0) & (x < 1)
+    xs = np.where(inside, x, 0.5)
+    h = np.where(inside, -(xs * np.log(xs) + (1 - xs) * np.log1p(-xs)), 0.0)
+    return float(h.sum(1).mean())
+
+
 def main() -> None:
     args = parse_args(__doc__)
     train_set, test_set = datasets.load("digits")
+    if "JAXBP_KFAC_MEMORY" in os.environ:  # the child of memory_under_memory_scheduler
+        return _print_memory(json.loads(os.environ["JAXBP_KFAC_MEMORY"]), train_set)
     tasks = QUICK_TASKS if args.quick else TASKS
     seeds = QUICK_SEEDS if args.quick else SEEDS
     results: dict[str, Any] = {"config": {
@@ -554,8 +615,9 @@ def main() -> None:
         picks = {n: t["pick"] for n, t in tuned.items()}
         runs = seed_runs(task, net, picks, train_set, test_set, seeds)
         r = {"tuning": tuned, "runs": runs, "seed_noise": seed_noise(runs)}
-        target = None
+        target, floor = None, None
         if name == "autoencoder":
+            r["floor"] = floor = pixel_entropy(train_set)
             r["steps_to_target"] = s2t = steps_to_target(runs)
             target = s2t["target"]
             reps = QUICK_TIMING_REPS if args.quick else TIMING_REPS
@@ -564,7 +626,7 @@ def main() -> None:
             r["factors"] = factors(task, net, train_set)
         r["seconds"] = time.perf_counter() - t0
         step_seconds = r["timing"]["median_step_seconds"] if "timing" in r else None
-        plot(task, runs, target, step_seconds, seeds, args.out)
+        plot(task, runs, target, step_seconds, seeds, args.out, floor)
         results[name] = r
         print(f"{name}: {r['seconds']:.0f} s; seed noise {r['seed_noise'].get('median_abs_z')}")
     results["seconds"] = time.perf_counter() - start

@@ -58,6 +58,9 @@ def sum_over_columns(n: int, f: Callable[[Array], Any], like: Any) -> Any:
     """sum_{j < n} f(j), a pytree shaped as `like`, one column at a time (a scan: memory for one
     column, not n)."""
 
+    if n == 1:  # one column (a single Monte Carlo draw): no loop, no carry to hold
+        return jax.tree.map(lambda a, b: jnp.asarray(b, jnp.result_type(a)), like, f(0))
+
     def step(total, j):
         return jax.tree.map(jnp.add, total, f(j)), None
 
