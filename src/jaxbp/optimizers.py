@@ -268,8 +268,12 @@ def damped_inverses(A: Array, G: Array, damping: float) -> tuple[Array, Array]:
 
 
 def _inverse_psd(M: Array) -> Array:
+    """M^-1 by Cholesky, made exactly symmetric: (X + X^T) / 2. That pass also hands the inverse
+    back row-major; LAPACK's solve writes it column-major, and XLA:CPU then kept the inverses in
+    the state that way and transposed every one of them on every step, refresh or not."""
     factor = jax.scipy.linalg.cho_factor(M, lower=True)
-    return jax.scipy.linalg.cho_solve(factor, jnp.eye(len(M), dtype=M.dtype))
+    inverse = jax.scipy.linalg.cho_solve(factor, jnp.eye(len(M), dtype=M.dtype))
+    return (inverse + inverse.T) / 2
 
 
 def _has_rule(layer: Any) -> bool:
