@@ -116,7 +116,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     kfac = parser.add_argument_group(
         "K-FAC (--optimizer kfac: each Dense and Conv layer's gradient preconditioned by its "
-        "Kronecker-factored curvature, jaxbp.optimizers; other layers' gradients as they are)"
+        "Kronecker-factored curvature, jaxbp.kfac; other layers' gradients as they are)"
     ).add_argument
     kfac(
         "--damping",
