@@ -452,6 +452,15 @@ EXPERIMENTS: dict[tuple[str, str, int, str], tuple[str, list]] = {
         (None, pct("no_privacy/test_accuracy")), (None, pct("private/8/clipped_at_end")),
         (None, at("private/8/epsilon")),
     ]),
+    ("README", "Experiments", 0, "kfac"): ("kfac", [
+        (None, count("config/seeds")), (None, at("autoencoder/seed_noise/median_abs_z")),
+        *[(None, at(f"{AE_TIMING}/ratio_jaxbp_over_kfac_jax/{k}"))
+          for k in ("median", "ci95_low", "ci95_high")],
+        *[(None, at(f"autoencoder/steps_to_target/{o}/median")) for o in ("kfac", "adam")],
+        (None, at("autoencoder/steps_to_target/adam_over_kfac")),
+        *[(None, seed_mean(f"classifier/runs/{o}/final_smoothed_loss_per_seed"))
+          for o in ("kfac", "adam")],
+    ]),  # fmt: skip
     ("README", "Experiments", 0, "curvature"): ("curvature", [
         (None, at("diagonal/init/params")),
         (None, at("diagonal/init/hvp_vs_jax_hessian_max_rel_error")),
