@@ -460,7 +460,8 @@ def timing(task, net, picks, train_set, reps: int) -> dict:
     out = {"block_steps": 2 * INVERSE_EVERY, "blocks": len(per_step["adam"]),
            "median_step_seconds": {n: float(np.median(v)) for n, v in per_step.items()},
            "memory_bytes": mem}  # fmt: skip
-    out["memory_bytes_memory_scheduler"] = memory_under_memory_scheduler(task, picks)
+    if task == TASKS.get(task.name):  # --quick: not the second process's compile
+        out["memory_bytes_memory_scheduler"] = memory_under_memory_scheduler(task, picks)
     if HAVE_KFAC_JAX:
         out["ratio_jaxbp_over_kfac_jax"] = ratio(per_step["jaxbp_kfac"], per_step["kfac_jax"])
     out["ratio_jaxbp_kfac_over_adam"] = ratio(per_step["jaxbp_kfac"], per_step["adam"])
@@ -476,8 +477,8 @@ def memory_under_memory_scheduler(task: Task, picks: dict) -> dict:
     """The two K-FAC steps' planned memory under the memory-minimising scheduler: this script
     again, in a process started with the flag, compiling both steps and printing their plans."""
     flags = f"{os.environ.get('XLA_FLAGS', '')} {MEMORY_SCHEDULER_FLAG}".strip()
-    ask = json.dumps({"task": task.name, "quick": task != TASKS.get(task.name),
-                      "lr": picks["kfac"]["lr"], "damping": picks["kfac"]["damping"]})  # fmt: skip
+    ask = json.dumps({"task": task.name, "lr": picks["kfac"]["lr"],
+                      "damping": picks["kfac"]["damping"]})  # fmt: skip
     env = {**os.environ, "XLA_FLAGS": flags, "JAXBP_KFAC_MEMORY": ask}
     with tempfile.TemporaryDirectory() as scratch:
         done = subprocess.run([sys.executable, __file__, "--out", scratch], env=env,
@@ -489,7 +490,7 @@ def memory_under_memory_scheduler(task: Task, picks: dict) -> dict:
 
 def _print_memory(ask: dict, train_set) -> None:
     """The child of memory_under_memory_scheduler: both K-FAC steps compiled, plans printed."""
-    task = (QUICK_TASKS if ask["quick"] else TASKS)[ask["task"]]
+    task = TASKS[ask["task"]]
     net = MLP(task.widths, task.activations)
     batch = tuple(map(jnp.asarray, batches_for(task, 0, train_set, 1)[0]))
     out = {
