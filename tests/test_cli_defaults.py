@@ -90,3 +90,16 @@ def test_the_image_recipes_are_the_readmes(model, epochs, lr):
     args = build_parser().parse_args(["train", *(["--model", model] if model else [])])
     resolve_defaults(args)
     assert (args.epochs, args.lr, args.optimizer, args.weight_decay) == (epochs, lr, "adamw", 1e-4)
+
+
+def test_the_kfac_defaults_are_the_readmes():
+    """--optimizer kfac: lr 0.05, 10 epochs, damping 0.1, inverses every 5 steps, no weight
+    decay (the README's K-FAC section); given flags still win."""
+    args = build_parser().parse_args(["train", "--optimizer", "kfac"])
+    resolve_defaults(args)
+    assert (args.lr, args.epochs, args.damping, args.inverse_every, args.weight_decay) == (
+        0.05, 10, 0.1, 5, None,
+    )  # fmt: skip
+    args = build_parser().parse_args(["train", "--optimizer", "kfac", "--epochs", "3"])
+    resolve_defaults(args)
+    assert args.epochs == 3
