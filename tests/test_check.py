@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _docs import documentation, flat
 
 from jaxbp import layers as L
 from jaxbp import losses
@@ -206,12 +206,12 @@ def test_no_tie_draw_where_the_caller_gives_x_or_for_check_backprop():
 
 
 def test_the_readme_states_this_sweep():
-    readme = " ".join((Path(__file__).parents[1] / "README.md").read_text().split())
+    readme = flat(documentation())
     configs = re.search(r"over (\d+) seeds x (\d+) configurations", readme)
     assert configs and tuple(map(int, configs.groups())) == (
         len(SEEDS),
         len(LAYERS) + len(LOSSES) + 1,  # layers, losses, test_backprop_passes_...
-    ), "README states another no-false-alarm sweep"
+    ), "the docs state another no-false-alarm sweep"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,12 +12,12 @@ import json
 import math
 import re
 import types
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _docs import documentation, flat
 from jax import lax
 
 from jaxbp import layers as L
@@ -776,9 +776,9 @@ def test_every_planted_mistake_is_distinct_and_counted_in_the_readme():
     assert {test for _, _, test in PLANTED} <= set(globals()), "a planted mistake has no test"
     kinds = {kind: sum(k == kind for _, k, _ in PLANTED) for kind in ("numerical", "structure")}
     assert kinds == {"numerical": 60, "structure": 13} and len(PLANTED) == 73, kinds
-    readme = " ".join((Path(__file__).parents[1] / "README.md").read_text().split())
+    readme = flat(documentation())
     claim = re.search(r"plant (\d+) distinct numerical mistakes .*? and (\d+) malformed", readme)
-    assert claim and tuple(map(int, claim.groups())) == (60, 13), "README states other counts"
+    assert claim and tuple(map(int, claim.groups())) == (60, 13), "the docs state other counts"
 
 
 # ---------------------------------------------------------------------------------------------

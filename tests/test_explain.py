@@ -299,8 +299,9 @@ def test_the_overlap_check_sees_an_overlap():
 
 def test_readme_shows_the_committed_picture_and_the_command_that_makes_it():
     root = Path(__file__).resolve().parents[1]
-    readme = (root / "README.md").read_text()
-    assert "(docs/explain.png)" in readme and "jaxbp explain --plot docs/explain.png" in readme
+    readme, tutorial = (root / "README.md").read_text(), (root / "docs" / "tutorial.md").read_text()
+    assert "(docs/explain.png)" in readme and "jaxbp explain --plot docs/explain.png" in tutorial
+    assert "(explain.png)" in tutorial
     assert (root / "docs" / "explain.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _docs import documentation
 from conftest import assert_trees_close
 
 from jaxbp import _matmul
@@ -32,7 +31,7 @@ def test_shapes_reach_the_branch_they_name(branch):
 def _readme_layout_table() -> dict[tuple[int, int, int], str]:
     """The README's dW layout table: each row's (batch, in, out) and the layout in bold (its
     columns x.T @ dy, copy(x.T) @ dy, (dy.T @ x).T are the plain, large and narrow branches)."""
-    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    text = documentation()
     header = "| dW product (batch, in, out) | x.T @ dy | copy(x.T) @ dy | (dy.T @ x).T |"
     assert header in text
     rows = text.split(header, 1)[1].split("\n\n", 1)[0].splitlines()[2:]
