@@ -1,7 +1,7 @@
 """Build the documentation site and screenshot its pages in headless Chromium, as a reader would.
 
 Usage:
-    python scripts/screenshot_docs.py --out DIR [--site DIR] [PAGE ...]
+    python scripts/screenshot_docs.py --out DIR [--site DIR [--no-build]] [PAGE ...]
 
 Builds the site with `mkdocs build --strict` into --site (a temporary folder by default), serves it
 on localhost, and writes one PNG per page into --out, named after the page ("layers/dense/" ->
@@ -65,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="folder for the PNGs")
     parser.add_argument("--site", type=Path, help="build the site here (default: a temp folder)")
     parser.add_argument("--size", default="1280,1600", help="window WIDTH,HEIGHT in pixels")
+    parser.add_argument(
+        "--no-build", action="store_true", help="serve the site already built in --site as it is"
+    )
     args = parser.parse_args(argv)
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser is None:
@@ -72,7 +75,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     with tempfile.TemporaryDirectory() as temp:
         site = args.site or Path(temp) / "site"
-        build(site)
+        if args.no_build:
+            if args.site is None or not (args.site / "index.html").is_file():
+                print("screenshot_docs: --no-build needs --site, a built site", file=sys.stderr)
+                return 2
+        else:
+            build(site)
         server, base = serve(site)
         args.out.mkdir(parents=True, exist_ok=True)
         try:

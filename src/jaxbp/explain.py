@@ -2,7 +2,7 @@
 
 The network: inputs x1, x2; hidden nodes 1, 2 with z_j = w1j x1 + w2j x2 + b_j, o_j = sigmoid(z_j);
 output node B with z_B = v1 o1 + v2 o2 + b_B, y' = sigmoid(z_B); cost C = 1/m sum_i 1/2 (y_i - y'_i)^2.
-In the params of `SEED_MODEL`, w_ij = params[0]["W"][i-1, j-1] and v_j = params[2]["W"][j-1, 0].
+In the params of `SEED_MODEL`, w_ij = `params[0]["W"][i-1, j-1]` and v_j = `params[2]["W"][j-1, 0]`.
 """
 
 from __future__ import annotations

@@ -214,7 +214,7 @@ _angles = jax.jit(angles)
 
 
 def alignment(engine_grads: Grads, true_grads: Grads) -> dict[str, float | None]:
-    """{leaf path, e.g. "[2]['W']": angle in degrees} between an engine's update and the true
+    """{leaf path, e.g. `"[2]['W']"`: angle in degrees} between an engine's update and the true
     gradient; 0 is the true direction, 90 orthogonal, 180 opposite; None for a zero leaf."""
     leaves, _ = jax.tree_util.tree_flatten_with_path(_angles(engine_grads, true_grads))
     return {jax.tree_util.keystr(path): to_floats(value) for path, value in leaves}

@@ -64,7 +64,7 @@ Combinator: a Layer that holds other layers
         arrays each leaf reads and returns; one they contradict raises.
 
 Addresses: a path names exactly one leaf layer (one that is not a combinator), by its place in
-the params tree: (3, 0, 1) is params[3][0][1]. Combinators are not addressed (Residual and Tied
+the params tree: (3, 0, 1) is `params[3][0][1]`. Combinators are not addressed (Residual and Tied
 add no step: their body's leaves keep the paths they would have without them). Signals,
 replacement rules, check rows, quantities and error messages all use these paths.
 

@@ -98,6 +98,6 @@ def _float(a: Any) -> float | None:
 
 def to_floats(tree: Any) -> Any:
     """The same nested dicts and tuples with each scalar leaf a Python float (non-finite: None);
-    a ByPath becomes a dict keyed by printed path ('[3][0][1]'), so json.dumps takes it."""
+    a ByPath becomes a dict keyed by printed path (`'[3][0][1]'`), so json.dumps takes it."""
     out = jax.tree.map(_float, tree)
     return out.named() if isinstance(out, ByPath) else out

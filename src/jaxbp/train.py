@@ -87,7 +87,7 @@ def fit(
     train_data: (x: (n, ...), y: (n, ...)). grad: "backprop", "autodiff", or any function with
     backprop's signature (e.g. a feedback-alignment engine). optimizer: any optax transformation;
     one with a `gradients` method (jaxbp.kfac's K-FAC) makes each step's gradient itself, from
-    backprop's sweep, with what its update needs besides (K-FAC's factors). history["loss"][e]
+    backprop's sweep, with what its update needs besides (K-FAC's factors). `history["loss"][e]`
     is the mean training loss of epoch e; with eval_data, "eval_loss" and (for classification)
     "eval_accuracy" too.
     accuracy: None scores eval_data's predictions right or wrong where the loss and labels say

@@ -1,7 +1,7 @@
 """The walk, once: paths, the traversal of a model's layers, the two sweeps and their driver.
 
 A path names one leaf layer (not a combinator) by its place in the params tree: (3, 0, 1) is
-params[3][0][1]. Residual and Tied add no step, so in `serial(Dense(6), Residual(Dense(6)))`
+`params[3][0][1]`. Residual and Tied add no step, so in `serial(Dense(6), Residual(Dense(6)))`
 (1,) names the inner Dense, never the Residual, whose own backward (dx + dy) always runs;
 `children` refuses steps that overlap, so no two leaves share a path at any depth. `trace` is
 the driver backprop, signals, feedback engines and the quantities share: the forward sweep, the
@@ -44,7 +44,7 @@ def as_path(path: Any, what: str = "path") -> Path:
 
 
 def path_str(path: Path) -> str:
-    """(3, 0, 1) -> '[3][0][1]'; the model itself, (), is '[]'."""
+    """`(3, 0, 1)` -> `'[3][0][1]'`; the model itself, `()`, is `'[]'`."""
     return "".join(f"[{i}]" for i in path) or "[]"
 
 
@@ -124,7 +124,7 @@ class ByPath(dict):
         return super().__contains__(as_path(path))
 
     def named(self) -> dict[str, Any]:
-        """The same values keyed by printed path, '[3][0][1]': ready for JSON."""
+        """The same values keyed by printed path, `'[3][0][1]'`: ready for JSON."""
         return {path_str(p): v for p, v in self.items()}
 
     def tree_flatten(self):
@@ -193,7 +193,7 @@ def sweep_backward(
 
 
 def _scope(path: Path, layer: Any, sweep: str):
-    """A named scope, "[2][1] SelfAttention backward": a profile's ops (their HLO metadata)
+    """A named scope, `"[2][1] SelfAttention backward"`: a profile's ops (their HLO metadata)
     then name the layer and the sweep they belong to."""
     return jax.named_scope(f"{path_str(path)} {type(layer).__name__} {sweep}")
 
@@ -211,7 +211,7 @@ def _once(seen, path: Path, layer: Any, sweep: str) -> None:
 @contextlib.contextmanager
 def blame(path: Path, layer: Any) -> Iterator[None]:
     """Prefix a ValueError, TypeError or NotImplementedError raised inside a layer with its
-    path, 'layer [3][0] Dense(...)', once (the deepest); the model (path ()) adds nothing."""
+    path, `'layer [3][0] Dense(...)'`, once (the deepest); the model (path ()) adds nothing."""
     try:
         yield
     except (ValueError, TypeError, NotImplementedError) as error:

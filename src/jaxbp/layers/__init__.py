@@ -5,7 +5,7 @@ combinators and paths work) is stated once, in `jaxbp.protocols`; `Layer` is its
 which supplies `apply`. Combinators (Serial, Residual, Parallel, Tied) are layers whose backward
 sums their fan-out's cotangents; `CombinatorBase` gives a user's combinator forward and backward
 from its walk. A path names one leaf layer by its place in the params tree, (3, 0, 1) being
-params[3][0][1]; Residual and Tied add no step (`jaxbp.walk`). Error messages, signals,
+`params[3][0][1]`; Residual and Tied add no step (`jaxbp.walk`). Error messages, signals,
 replacement rules, check reports and quantities name layers that way: `layer [3][0][1] Dense(...)`.
 """
 
