@@ -79,9 +79,24 @@ def _concrete(y: Array) -> np.ndarray | None:
 
 @dataclasses.dataclass(frozen=True)
 class MSE(Loss):
-    """Half squared error: L_i = 1/2 ||y_i - y'_i||^2, C = mean_i L_i; dC/dy'_i = (y'_i - y_i)/m.
+    r"""Half squared error: L_i = 1/2 ||y_i - y'_i||^2, C = mean_i L_i; dC/dy'_i = (y'_i - y_i)/m.
 
     Note the sign: dL/dy' = y' - y (the usual write-up of step 2 drops the minus from y - y').
+
+    **Forward.** With $\hat y$ = `y_pred`, $y$ the targets (same shape) and $m$ the batch size
+    (axis 0; $L_i$ sums over every other axis):
+
+    $$
+    C = \frac1m \sum_i L_i, \qquad L_i = \tfrac12 \lVert \hat y_i - y_i \rVert^2
+    $$
+
+    **Backward.** `backward(residuals, g)` returns $g\, \partial C/\partial \hat y$:
+
+    $$
+    \mathrm{d}\hat y = \frac{g}{m} (\hat y - y)
+    $$
+
+    **Residuals.** $\hat y - y$. The instance is `jaxbp.losses.mse`.
     """
 
     targets = "normal"
@@ -118,9 +133,35 @@ class MSE(Loss):
 
 @dataclasses.dataclass(frozen=True)
 class BinaryCrossEntropy(Loss):
-    """Binary cross-entropy on logits z: L_i = sum_j softplus(z_ij) - y_ij z_ij; dC/dz = (s(z)-y)/m.
+    r"""Binary cross-entropy on logits z: L_i = sum_j softplus(z_ij) - y_ij z_ij;
+    dC/dz = (s(z)-y)/m.
 
     Targets y in [0, 1], same shape as z; L_i sums over the outputs of example i.
+
+    **Forward.** With $z$ the logits, targets $y \in [0, 1]$ of the same shape, $m$ the batch size
+    and $\sigma$ the sigmoid:
+
+    $$
+    C = \frac1m \sum_{i,j} \bigl(\mathrm{softplus}(z_{ij}) - y_{ij} z_{ij}\bigr)
+    $$
+
+    which equals the usual form
+
+    $$
+    C = -\frac1m \sum_{i,j} \bigl(y_{ij} \log \sigma(z_{ij})
+        + (1 - y_{ij}) \log(1 - \sigma(z_{ij}))\bigr)
+    $$
+
+    The first form is what the code computes: `softplus` is finite for every $z$, where
+    $\log \sigma(z)$ of a probability would not be.
+
+    **Backward.** $g\, \partial C/\partial z$:
+
+    $$
+    \mathrm{d}z = \frac{g}{m} \bigl(\sigma(z) - y\bigr)
+    $$
+
+    **Residuals.** $\sigma(z) - y$. The instance is `jaxbp.losses.binary_cross_entropy`.
     """
 
     targets = "unit"
@@ -162,12 +203,39 @@ class BinaryCrossEntropy(Loss):
 
 @dataclasses.dataclass(frozen=True)
 class SoftmaxCrossEntropy(Loss):
-    """Softmax cross-entropy on logits z: (m, ..., k), over the last axis.
+    r"""Softmax cross-entropy on logits z: (m, ..., k), over the last axis.
 
     Labels as integer classes (m, ...): L_i = -log p_i[y_i], dC/dz = (p - onehot(y))/N;
     as probability rows (m, ..., k): L_i = -sum_j y_ij log p_ij, dC/dz = (p sum_j y_ij - y)/N.
     C is the mean over every position, N = m times the middle axes' sizes (a sequence model's
     C is the mean over batch and time); for (m, k) logits, N = m.
+
+    **Forward.** With $p = \mathrm{softmax}(z)$ over the last axis (computed as
+    `exp(log_softmax(z))`) and $N$ the number of positions (every axis but the last):
+
+    $$
+    \text{labels } y_i \in \{0, \dots, k-1\}: \quad C = -\frac1N \sum_i \log p_{i, y_i}
+    $$
+
+    $$
+    \text{rows } y_i: \quad C = -\frac1N \sum_{i,j} y_{ij} \log p_{ij}
+    $$
+
+    **Backward.** $g\, \partial C/\partial z$:
+
+    $$
+    \text{labels:}\quad \mathrm{d}z = \frac{g}{N} \bigl(p - \mathrm{onehot}(y)\bigr)
+    $$
+
+    $$
+    \text{rows:}\quad \mathrm{d}z_i = \frac{g}{N} \Bigl(p_i \sum_j y_{ij} - y_i\Bigr)
+    $$
+
+    (rows that sum to 1 give $p - y$).
+
+    **Residuals.** $(p,\ t,\ \mathrm{mass})$: $t$ the one-hot labels or the rows $y$, mass
+    $= \sum_j y_{ij}$ for rows, `None` for labels. The instance is
+    `jaxbp.losses.softmax_cross_entropy`.
     """
 
     targets = "labels"
@@ -268,8 +336,12 @@ def _positions(z: Array) -> int:
 
 
 mse = MSE()
+"""Half squared error, C = mean_i 1/2 ||y'_i - y_i||^2: the instance of `MSE`."""
 binary_cross_entropy = BinaryCrossEntropy()
+"""Binary cross-entropy on logits: the instance of `BinaryCrossEntropy`."""
 softmax_cross_entropy = SoftmaxCrossEntropy()
+"""Softmax cross-entropy on logits, integer labels or probability rows: the instance of
+`SoftmaxCrossEntropy`."""
 
 LOSSES: dict[str, Loss] = {
     "mse": mse, "binary_cross_entropy": binary_cross_entropy,

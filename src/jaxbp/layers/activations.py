@@ -37,7 +37,18 @@ class _Elementwise(Layer):
 
 @dataclasses.dataclass(frozen=True)
 class Sigmoid(_Elementwise):
-    """Sigmoid: y = 1/(1+e^-x); dy/dx = y(1-y), from the saved output."""
+    r"""Sigmoid: y = 1/(1+e^-x); dy/dx = y(1-y), from the saved output.
+
+    **Forward and backward.** Elementwise, with $\mathrm{d}y = \partial C/\partial y$:
+
+    $$
+    y = \sigma(x) = \frac{1}{1 + e^{-x}}, \qquad \mathrm{d}x = \mathrm{d}y \odot y\,(1 - y)
+    $$
+
+    **Residuals.** $y$. The forward is `jax.nn.sigmoid` (`lax.logistic`), finite for every $x$.
+
+    **Shapes.** Any `(batch, ...)`; $y$ and $\mathrm{d}x$ have $x$'s shape. No parameters.
+    """
 
     save = "y"
     f = staticmethod(jax.nn.sigmoid)
@@ -46,7 +57,18 @@ class Sigmoid(_Elementwise):
 
 @dataclasses.dataclass(frozen=True)
 class Tanh(_Elementwise):
-    """Tanh: y = tanh x; dy/dx = 1 - y^2, from the saved output."""
+    r"""Tanh: y = tanh x; dy/dx = 1 - y^2, from the saved output.
+
+    **Forward and backward.** Elementwise:
+
+    $$
+    y = \tanh x, \qquad \mathrm{d}x = \mathrm{d}y \odot (1 - y^2)
+    $$
+
+    **Residuals.** $y$.
+
+    **Shapes.** Any `(batch, ...)`; $y$ and $\mathrm{d}x$ have $x$'s shape. No parameters.
+    """
 
     save = "y"
     f = staticmethod(jnp.tanh)
@@ -55,7 +77,20 @@ class Tanh(_Elementwise):
 
 @dataclasses.dataclass(frozen=True)
 class Relu(_Elementwise):
-    """ReLU: y = max(x, 0); dy/dx = 1 if x > 0 else 0 (y > 0 exactly when x > 0)."""
+    r"""ReLU: y = max(x, 0); dy/dx = 1 if x > 0 else 0 (y > 0 exactly when x > 0).
+
+    **Forward and backward.** Elementwise:
+
+    $$
+    y = \max(x, 0), \qquad \mathrm{d}x = \mathrm{d}y \odot [\,y > 0\,]
+    $$
+
+    At $x = 0$ the rule takes the slope 0 (the indicator reads $y > 0$, false there).
+
+    **Residuals.** $y$.
+
+    **Shapes.** Any `(batch, ...)`; $y$ and $\mathrm{d}x$ have $x$'s shape. No parameters.
+    """
 
     selects = True  # at x = 0 the rule picks a side: the checker draws zeros too
 
@@ -66,7 +101,14 @@ class Relu(_Elementwise):
 
 @dataclasses.dataclass(frozen=True)
 class Identity(_Elementwise):
-    """Identity: y = x; dy/dx = 1."""
+    r"""Identity: y = x; dy/dx = 1.
+
+    **Forward and backward.** $y = x$, $\mathrm{d}x = \mathrm{d}y$.
+
+    **Residuals.** None: `()`.
+
+    **Shapes.** Any `(batch, ...)`; $y$ and $\mathrm{d}x$ have $x$'s shape. No parameters.
+    """
 
     def forward(self, params, x, *, key=None):
         check_input(self, x)
@@ -78,7 +120,21 @@ class Identity(_Elementwise):
 
 @dataclasses.dataclass(frozen=True)
 class LeakyRelu(_Elementwise):
-    """Leaky ReLU: y = x if x >= 0 else a x; dy/dx = 1 if x >= 0 else a."""
+    r"""Leaky ReLU: y = x if x >= 0 else a x; dy/dx = 1 if x >= 0 else a.
+
+    **Forward and backward.** Elementwise, $a$ = `negative_slope`:
+
+    $$
+    y = \begin{cases} x & x \ge 0 \\ a x & x < 0 \end{cases}, \qquad
+    \mathrm{d}x = \mathrm{d}y \odot \begin{cases} 1 & x \ge 0 \\ a & x < 0 \end{cases}
+    $$
+
+    At $x = 0$ the rule takes the slope 1.
+
+    **Residuals.** $x$.
+
+    **Shapes.** Any `(batch, ...)`; $y$ and $\mathrm{d}x$ have $x$'s shape. No parameters.
+    """
 
     negative_slope: float = 0.01
     selects = True  # at x = 0 the rule picks a side: the checker draws zeros too
@@ -93,7 +149,22 @@ class LeakyRelu(_Elementwise):
 
 @dataclasses.dataclass(frozen=True)
 class Elu(_Elementwise):
-    """ELU: y = x if x > 0 else a(e^x - 1); dy/dx = 1 if x > 0 else a e^x."""
+    r"""ELU: y = x if x > 0 else a(e^x - 1); dy/dx = 1 if x > 0 else a e^x.
+
+    **Forward and backward.** Elementwise, $\alpha$ = `alpha`:
+
+    $$
+    y = \begin{cases} x & x > 0 \\ \alpha (e^x - 1) & x \le 0 \end{cases}, \qquad
+    \mathrm{d}x = \mathrm{d}y \odot \begin{cases} 1 & x > 0 \\ \alpha e^x & x \le 0 \end{cases}
+    $$
+
+    At $x = 0$ the rule takes the slope $\alpha$. The code evaluates $e^x - 1$ as `expm1` and both
+    exponentials at $\min(x, 0)$, so the branch that `where` discards never overflows.
+
+    **Residuals.** $x$.
+
+    **Shapes.** Any `(batch, ...)`; $y$ and $\mathrm{d}x$ have $x$'s shape. No parameters.
+    """
 
     alpha: float = 1.0
     save = "x"
@@ -108,7 +179,21 @@ class Elu(_Elementwise):
 
 @dataclasses.dataclass(frozen=True)
 class Softplus(_Elementwise):
-    """Softplus: y = log(1 + e^x); dy/dx = sigmoid(x)."""
+    r"""Softplus: y = log(1 + e^x); dy/dx = sigmoid(x).
+
+    **Forward and backward.** Elementwise:
+
+    $$
+    y = \log(1 + e^x), \qquad \mathrm{d}x = \mathrm{d}y \odot \sigma(x)
+    $$
+
+    The forward is `jax.nn.softplus`, computed as `logaddexp(x, 0)`: no overflow for large $x$, no
+    loss of digits for very negative $x$.
+
+    **Residuals.** $x$.
+
+    **Shapes.** Any `(batch, ...)`; $y$ and $\mathrm{d}x$ have $x$'s shape. No parameters.
+    """
 
     save = "x"
     f = staticmethod(jax.nn.softplus)
@@ -117,7 +202,18 @@ class Softplus(_Elementwise):
 
 @dataclasses.dataclass(frozen=True)
 class Silu(_Elementwise):
-    """SiLU (swish): y = x s, s = sigmoid(x); dy/dx = s (1 + x (1 - s))."""
+    r"""SiLU (swish): y = x s, s = sigmoid(x); dy/dx = s (1 + x (1 - s)).
+
+    **Forward and backward.** Elementwise, $s = \sigma(x)$:
+
+    $$
+    y = x\, s, \qquad \mathrm{d}x = \mathrm{d}y \odot s\,\bigl(1 + x (1 - s)\bigr)
+    $$
+
+    **Residuals.** $x$ ($s$ is recomputed in backward).
+
+    **Shapes.** Any `(batch, ...)`; $y$ and $\mathrm{d}x$ have $x$'s shape. No parameters.
+    """
 
     save = "x"
     f = staticmethod(lambda x: x * jax.nn.sigmoid(x))
@@ -133,11 +229,37 @@ _SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
 
 @dataclasses.dataclass(frozen=True)
 class Gelu(_Elementwise):
-    """GELU: y = x Phi(x); dy/dx = Phi(x) + x phi(x). approximate=True uses the tanh form.
+    r"""GELU: y = x Phi(x); dy/dx = Phi(x) + x phi(x). approximate=True uses the tanh form.
 
     tanh form: y = x (1 + tanh u) / 2, u = c (x + 0.044715 x^3), c = sqrt(2/pi);
     dy/dx = (1 + tanh u) / 2 + x (1 - tanh^2 u) c (1 + 3 * 0.044715 x^2) / 2.
     The default, approximate=True, matches jax.nn.gelu.
+
+    **Forward and backward.** Elementwise. Exact form (`approximate=False`), $\Phi$ and $\varphi$
+    the standard normal CDF and density:
+
+    $$
+    y = x\,\Phi(x), \qquad \mathrm{d}x = \mathrm{d}y \odot \bigl(\Phi(x) + x\,\varphi(x)\bigr)
+    $$
+
+    tanh form (the default), $c = \sqrt{2/\pi}$, $u = c\,(x + 0.044715\,x^3)$:
+
+    $$
+    y = \tfrac12 x\,(1 + \tanh u)
+    $$
+
+    $$
+    \mathrm{d}x = \mathrm{d}y \odot \Bigl(\tfrac12 (1 + \tanh u)
+      + \tfrac12 x\,(1 - \tanh^2 u)\, c\,(1 + 3 \cdot 0.044715\, x^2)\Bigr)
+    $$
+
+    For $\lvert x\rvert \gg 1$, $1 - \tanh^2 u$ is 0; the code caps $x^2$ at $10^{30}$ so that
+    $0 \cdot x^2$ never becomes $0 \cdot \infty$.
+
+    **Residuals.** $x$. Backward recomputes $\tanh u$ (or $\Phi$) from it behind an optimisation
+    barrier, which keeps XLA from storing the forward's copy: the rule is unchanged.
+
+    **Shapes.** Any `(batch, ...)`; $y$ and $\mathrm{d}x$ have $x$'s shape. No parameters.
     """
 
     approximate: bool = True
@@ -169,7 +291,24 @@ class Gelu(_Elementwise):
 
 @dataclasses.dataclass(frozen=True)
 class Softmax(Layer):
-    """Softmax over the last axis: y = e^x / sum e^x; dx = y (dy - sum(dy y))."""
+    r"""Softmax over the last axis: y = e^x / sum e^x; dx = y (dy - sum(dy y)).
+
+    **Forward.** Over the last axis, for each row:
+
+    $$
+    y_j = \frac{e^{x_j}}{\sum_k e^{x_k}}
+    $$
+
+    (`jax.nn.softmax`, which subtracts the row's maximum first).
+
+    **Backward.** The Jacobian is $\mathrm{diag}(y) - y y^\top$, so, row by row:
+
+    $$
+    \mathrm{d}x_j = y_j \Bigl(\mathrm{d}y_j - \sum_k \mathrm{d}y_k\, y_k\Bigr)
+    $$
+
+    **Shapes.** $x$, $y$: `(batch, ..., k)`. **Residuals.** $y$.
+    """
 
     examples_independent = True  # over the last axis of each row
 
@@ -187,7 +326,24 @@ class Softmax(Layer):
 
 @dataclasses.dataclass(frozen=True)
 class LogSoftmax(Layer):
-    """Log-softmax over the last axis: y = x - logsumexp(x); dx = dy - e^y sum(dy)."""
+    r"""Log-softmax over the last axis: y = x - logsumexp(x); dx = dy - e^y sum(dy).
+
+    **Forward.** Over the last axis, for each row:
+
+    $$
+    y_j = x_j - \log \sum_k e^{x_k}
+    $$
+
+    (`jax.nn.log_softmax`: the row's maximum is subtracted before the exponentials).
+
+    **Backward.** Row by row, with $e^{y_j}$ the softmax:
+
+    $$
+    \mathrm{d}x_j = \mathrm{d}y_j - e^{y_j} \sum_k \mathrm{d}y_k
+    $$
+
+    **Shapes.** $x$, $y$: `(batch, ..., k)`. **Residuals.** $y$.
+    """
 
     examples_independent = True  # over the last axis of each row
 

@@ -19,27 +19,80 @@ from jaxbp.protocols import Layer
 
 @dataclasses.dataclass(frozen=True)
 class SelfAttention(Layer):
-    """Multi-head self-attention: y = merge_h(softmax(q k^T / sqrt(d) + mask) v) W_out + b_out.
+    r"""Multi-head self-attention: y = merge_h(softmax(q k^T / sqrt(d) + mask) v) W_out + b_out.
 
     x: (batch, T, C) -> y: (batch, T, C); H = num_heads heads of size d = C / H.
     Forward, per head (q, k, v: (batch, H, T, d), split from x W_qkv + b_qkv as [q | k | v],
     head h on channels h d ... (h + 1) d of each):
+
         s = q k^T / sqrt(d)          (batch, H, T, T); causal: s[i, j] = -inf for j > i
         p = softmax(s) = exp(s - lse), lse = log sum_j exp(s)   (row max subtracted first)
         o = p v                      (batch, H, T, d), merged to (batch, T, C)
         y = o W_out + b_out
+
     Backward (dy -> dparams, dx):
+
         dW_out = o^T dy, db_out = sum dy, do = dy W_out^T
         dp = do v^T, dv = p^T do
         ds = p (dp - sum_j dp p)     softmax's VJP; masked entries get none (p = 0 there)
         dq = ds k / sqrt(d), dk = ds^T q / sqrt(d)
         dW_qkv = x^T [dq | dk | dv], db_qkv = sum [dq | dk | dv], dx = [dq | dk | dv] W_qkv^T
+
     Residuals, a dict: x (batch, T, C), q, k, v (batch, H, T, d), o (batch, T, C), and
+
         recompute=False: p (batch, H, T, T), the attention weights;
         recompute=True: lse (batch, H, T), from which backward rebuilds p = exp(s - lse) out of
         q and k (flash attention's trade: O(T) memory per row for one more q k^T).
+
     Params: {"W_qkv": (C, 3C), "b_qkv": (3C,), "W_out": (C, C), "b_out": (C,)}; the weights start
     LeCun-normal (variance 1/C), the biases at zero.
+
+    **Forward**, for each head ($d = C/H$; $M$ the mask, $M_{ij} = -\infty$ for $j > i$ when
+    `causal`, else 0):
+
+    $$
+    [\,Q \;\; K \;\; V\,] = x W_{qkv} + b_{qkv}, \qquad
+    S = \frac{Q K^\top}{\sqrt d} + M
+    $$
+
+    $$
+    P = \mathrm{softmax}_{\text{row}}(S), \qquad
+    O = P V, \qquad
+    y = O\, W_{out} + b_{out}
+    $$
+
+    ($O$ merged over the heads to `(batch, T, C)` before $W_{out}$; the softmax subtracts each row's
+    maximum, which is finite as $S_{ii}$ is never masked.)
+
+    **Backward.** With $\mathrm{d}y = \partial C/\partial y$, step by step in reverse:
+
+    $$
+    \mathrm{d}W_{out} = O^\top \mathrm{d}y, \qquad \mathrm{d}b_{out} = \sum \mathrm{d}y, \qquad
+    \mathrm{d}O = \mathrm{d}y\, W_{out}^\top
+    $$
+
+    $$
+    \mathrm{d}P = \mathrm{d}O\, V^\top, \qquad \mathrm{d}V = P^\top \mathrm{d}O, \qquad
+    \mathrm{d}S_{ij} = P_{ij} \Bigl(\mathrm{d}P_{ij} - \sum_k \mathrm{d}P_{ik} P_{ik}\Bigr)
+    $$
+
+    $$
+    \mathrm{d}Q = \frac{\mathrm{d}S\, K}{\sqrt d}, \qquad
+    \mathrm{d}K = \frac{\mathrm{d}S^\top Q}{\sqrt d}
+    $$
+
+    $$
+    \mathrm{d}W_{qkv} = x^\top [\,\mathrm{d}Q \;\; \mathrm{d}K \;\; \mathrm{d}V\,], \qquad
+    \mathrm{d}b_{qkv} = \sum [\,\mathrm{d}Q \;\; \mathrm{d}K \;\; \mathrm{d}V\,]
+    $$
+
+    $$
+    \mathrm{d}x = [\,\mathrm{d}Q \;\; \mathrm{d}K \;\; \mathrm{d}V\,]\, W_{qkv}^\top
+    $$
+
+    The mask needs no rule of its own: $P_{ij} = 0$ where it is $-\infty$, so $\mathrm{d}S_{ij} = 0$
+    there. With `recompute=True`, backward rebuilds $P = \exp(S - \mathrm{lse})$ from $Q$, $K$ and
+    the saved row log-sum-exp $\mathrm{lse}$ instead of reading a saved $P$.
     """
 
     num_heads: int

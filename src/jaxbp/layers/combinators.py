@@ -53,8 +53,20 @@ def _child_key(key, step: int):
 
 @dataclasses.dataclass(frozen=True)
 class Serial(CombinatorBase):
-    """Layers in sequence; params: a tuple, one entry per layer. backward: the reverse sweep,
-    dy_{i} = backward_i(dy_{i+1}). Residuals: a tuple, one per layer. Layer i is at path (i,)."""
+    r"""Layers in sequence; params: a tuple, one entry per layer. backward: the reverse sweep,
+    dy_{i} = backward_i(dy_{i+1}). Residuals: a tuple, one per layer. Layer i is at path (i,).
+
+    **Forward.** $h_0 = x$, $h_i = f_i(h_{i-1})$ for $i = 1, \dots, L$, $y = h_L$.
+
+    **Backward.** The reverse sweep, $\mathrm{d}h_L = \mathrm{d}y$, then for $i = L, \dots, 1$:
+
+    $$
+    (\mathrm{d}\theta_i,\ \mathrm{d}h_{i-1}) = \mathrm{backward}_i(\theta_i,\ r_i,\ \mathrm{d}h_i),
+    \qquad \mathrm{d}x = \mathrm{d}h_0
+    $$
+
+    $\theta_i$ = `params[i]`, $r_i$ = `residuals[i]`.
+    """
 
     layers: tuple
     params_disjoint = True  # layer i reads params[i]
@@ -113,9 +125,16 @@ def serial(*layers: Any) -> Serial:
 
 @dataclasses.dataclass(frozen=True)
 class Residual(CombinatorBase):
-    """Skip connection y = x + body(x); dx = dy + body.backward(dy) (the fan-out of x adds).
+    r"""Skip connection y = x + body(x); dx = dy + body.backward(dy) (the fan-out of x adds).
 
     params, state and residuals: the body's; the body sits at the Residual's own path.
+
+    **Forward and backward.** $x$ fans out to the skip and the body, so the two cotangents add:
+
+    $$
+    y = x + f(x), \qquad \mathrm{d}x = \mathrm{d}y + \mathrm{d}x_f, \qquad
+    (\mathrm{d}\theta,\ \mathrm{d}x_f) = \mathrm{backward}_f(\theta,\ r,\ \mathrm{d}y)
+    $$
     """
 
     body: Any
@@ -164,10 +183,28 @@ class Residual(CombinatorBase):
 
 @dataclasses.dataclass(frozen=True, init=False)
 class Parallel(CombinatorBase):
-    """Branches on the same x, merged: "sum" y = sum_k f_k(x), each branch gets dy;
+    r"""Branches on the same x, merged: "sum" y = sum_k f_k(x), each branch gets dy;
     "concat" y = [f_1(x), ..., f_K(x)] on the last axis, branch k gets its slice of dy.
     dx = sum_k dx_k (x fans out). params and state: tuples, branch k at path (k,).
-    Residuals: (each branch's residuals, zero-size carriers of each branch's width)."""
+    Residuals: (each branch's residuals, zero-size carriers of each branch's width).
+
+    **Forward and backward.** `merge="sum"`:
+
+    $$
+    y = \sum_k f_k(x), \qquad \mathrm{d}y_k = \mathrm{d}y
+    $$
+
+    `merge="concat"`, on the last axis:
+
+    $$
+    y = [\,f_1(x) \;\; \cdots \;\; f_K(x)\,], \qquad
+    \mathrm{d}y_k = \text{branch } k\text{'s slice of } \mathrm{d}y
+    $$
+
+    Either way $x$ fans out to every branch:
+    $(\mathrm{d}\theta_k, \mathrm{d}x_k) = \mathrm{backward}_k(\theta_k, r_k, \mathrm{d}y_k)$ and
+    $\mathrm{d}x = \sum_k \mathrm{d}x_k$.
+    """
 
     branches: tuple
     merge: str = "sum"

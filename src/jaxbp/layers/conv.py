@@ -62,7 +62,7 @@ def _transposed_kernel(W: Array, groups: int) -> Array:
 
 @dataclasses.dataclass(frozen=True)
 class Conv(Layer):
-    """Conv: y[o, f] = b[f] + sum_{j, c} x_pad[o s + j d, c] W[j, c, f] (c: f's group's inputs);
+    r"""Conv: y[o, f] = b[f] + sum_{j, c} x_pad[o s + j d, c] W[j, c, f] (c: f's group's inputs);
     dx = dy, dilated by s, correlated with W flipped in space, in/out swapped within each group;
     dW[j, c, f] = sum_{batch, o} x_pad[o s + j d, c] dy[o, f]; db = sum of dy but over features.
 
@@ -75,6 +75,43 @@ class Conv(Layer):
     the dilated dy by `transpose_padding`, window dilation d; dW correlates x with dy over the
     batch (window strides d, rhs dilation s), pairing the groups by batch_group_count.
     W starts LeCun-normal over fan_in = prod(kernel_size) in // groups, b at zero.
+
+    **Forward.** Spatial indices $o$ (output position), $j$ (kernel entry), $i$ (input position) are
+    tuples with one entry per spatial axis, and $o s + j d$ is taken axis by axis ($s$ = `strides`,
+    $d$ = `dilation`); $x^{\mathrm{pad}}$ is $x$ zero-padded by $(\ell, h)$ per axis:
+
+    $$
+    y_{n,o,f} = b_f + \sum_j \sum_{c} x^{\mathrm{pad}}_{n,\, o s + j d,\, c}\; W_{j,c,f}
+    $$
+
+    $c$ running over the `in // groups` input channels of $f$'s group.
+
+    **Backward.** With $\mathrm{d}y = \partial C/\partial y$:
+
+    $$
+    \mathrm{d}W_{j,c,f} = \sum_{n,o} x^{\mathrm{pad}}_{n,\, o s + j d,\, c}\; \mathrm{d}y_{n,o,f},
+    \qquad
+    \mathrm{d}b_f = \sum_{n,o} \mathrm{d}y_{n,o,f}
+    $$
+
+    $$
+    \mathrm{d}x_{n,i,c} = \sum_{f} \ \sum_{(o,j):\ o s + j d = i + \ell}
+      \mathrm{d}y_{n,o,f}\; W_{j,c,f}
+    $$
+
+    ($f$ over the outputs of $c$'s group). $\mathrm{d}x$ is a transposed convolution: $\mathrm{d}y$
+    dilated by $s$ ($s - 1$ zeros between entries), padded by
+    $(k_{\mathrm{eff}} - 1 - \ell,\ k_{\mathrm{eff}} - 1 - h + r)$, and correlated at stride 1 and
+    window dilation $d$ with $W$ flipped in space, its in and out axes swapped within each group;
+    $k_{\mathrm{eff}} = (k - 1) d + 1$ is the kernel's span and
+    $r = (n_{\mathrm{in}} + \ell + h - k_{\mathrm{eff}}) \bmod s$ counts the trailing positions no
+    window reads. $\mathrm{d}W$ is one more convolution, $x$ against $\mathrm{d}y$ over the batch
+    (window strides $d$, kernel dilation $s$, the $r$ unread positions cropped).
+
+    **Shapes.** $x$: `(batch, *spatial, in)`; $W$: `(*kernel_size, in // groups, features)`;
+    $b$: `(features,)`; $y$: `(batch, *spatial', features)`, 1 to 3 spatial axes.
+
+    **Residuals.** $x$.
     """
 
     features: int

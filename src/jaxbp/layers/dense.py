@@ -16,12 +16,35 @@ from jaxbp.protocols import Layer
 
 @dataclasses.dataclass(frozen=True)
 class Dense(Layer):
-    """Affine map y = x @ W + b; dW = x^T dy, db = sum_batch dy, dx = dy W^T.
+    r"""Affine map y = x @ W + b; dW = x^T dy, db = sum_batch dy, dx = dy W^T.
 
     x: (batch, ..., in) -> y: (batch, ..., features); every leading axis is a batch axis for the
     sums in dW and db. Residual: x. W starts LeCun-normal (variance 1/in), b at zero.
     use_bias=False: y = x @ W, params {"W"} alone (GPT-2's tied head).
     (weight_grad computes x^T dy in the layout that is fastest on the platform.)
+
+    **Forward.**
+
+    $$
+    y = x W + b
+    $$
+
+    **Backward.** With $\mathrm{d}y = \partial C/\partial y$ arriving from above, and the sums
+    running over every leading axis $n$ (the batch's, and any position axes before the last):
+
+    $$
+    \mathrm{d}W = \sum_n x_n^\top \mathrm{d}y_n = x^\top \mathrm{d}y, \qquad
+    \mathrm{d}b = \sum_n \mathrm{d}y_n, \qquad
+    \mathrm{d}x = \mathrm{d}y\, W^\top
+    $$
+
+    (with `use_bias=False`, no $b$ and no $\mathrm{d}b$).
+
+    **Shapes.** $x$: `(batch, ..., in)`, $W$: `(in, features)`, $b$: `(features,)`,
+    $y$ and $\mathrm{d}y$: `(batch, ..., features)`; $\mathrm{d}x$ has $x$'s shape.
+
+    **Residuals.** $x$ itself, which only $\mathrm{d}W$ needs ($\mathrm{d}x$ reads $W$, and
+    $\mathrm{d}b$ reads $\mathrm{d}y$ alone).
     """
 
     features: int

@@ -14,11 +14,28 @@ from jaxbp.protocols import Layer
 
 @dataclasses.dataclass(frozen=True)
 class Dropout(Layer):
-    """Inverted dropout: y = x mask, mask = keep/(1-rate), keep ~ Bernoulli(1-rate); dx = dy mask.
+    r"""Inverted dropout: y = x mask, mask = keep/(1-rate), keep ~ Bernoulli(1-rate); dx = dy mask.
 
     Scaling by 1/(1 - rate) keeps E[y] = x, so evaluation is the identity (y = x, dx = dy).
     x: (batch, ...). Residuals: mask (batch, ...) in x's dtype; () in evaluation or at rate 0.
     In training (train=True, rate > 0) forward needs a key: without one it raises.
+
+    **Forward, training.** With $p$ = `rate` and one Bernoulli draw per entry of $x$:
+
+    $$
+    k \sim \mathrm{Bernoulli}(1 - p), \qquad m = \frac{k}{1 - p}, \qquad y = x \odot m
+    $$
+
+    **Backward.** The mask is a constant:
+
+    $$
+    \mathrm{d}x = \mathrm{d}y \odot m
+    $$
+
+    **Evaluation** (`train=False`) or $p = 0$: $y = x$, $\mathrm{d}x = \mathrm{d}y$.
+
+    **Shapes.** Any `(batch, ...)`; no parameters. **Residuals.** The mask $m$, in $x$'s shape and
+    dtype (its entries are $0$ or $1/(1-p)$); `()` when the layer is the identity.
     """
 
     rate: float

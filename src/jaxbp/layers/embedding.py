@@ -15,7 +15,8 @@ from jaxbp.protocols import Layer
 
 @dataclasses.dataclass(frozen=True)
 class Embedding(Layer):
-    """Embedding: y[...] = table[ids[...]]; dtable[i] = sum of dy over the positions where ids == i.
+    r"""Embedding: y[...] = table[ids[...]]; dtable[i] = sum of dy over the positions where
+    ids == i.
 
     ids: integer (batch, ...) -> y: (batch, ..., features). Residuals: ids (batch, ...).
     dx is float0 zeros of ids' shape: integers have no cotangent (JAX's convention).
@@ -23,6 +24,28 @@ class Embedding(Layer):
     dtable, never a silently clamped or wrapped row; eagerly, check_ids(ids) names it.
     The table starts standard normal, so each row feeds the next layer unit-variance inputs, what
     Dense's LeCun init assumes (PyTorch's choice too).
+
+    **Forward.** A row lookup: for every position $n$ (the batch's and any others),
+
+    $$
+    y_n = E_{\mathrm{ids}_n}
+    $$
+
+    $E$ = `table`, `(num_embeddings, features)`.
+
+    **Backward.** Each row of the table gets the sum of the $\mathrm{d}y$ of the positions that read
+    it (a scatter-add); the integer ids get no cotangent:
+
+    $$
+    \mathrm{d}E_v = \sum_{n:\ \mathrm{ids}_n = v} \mathrm{d}y_n, \qquad
+    \mathrm{d}\,\mathrm{ids} = \text{float0 zeros}
+    $$
+
+    A row no id reads gets 0; an out-of-range id contributes nothing.
+
+    **Shapes.** ids: integer `(batch, ...)`; $y$: `(batch, ..., features)`.
+
+    **Residuals.** The ids.
     """
 
     num_embeddings: int

@@ -34,7 +34,7 @@ def _group_mean(a: Array) -> Array:
 
 @dataclasses.dataclass(frozen=True)
 class GroupNorm(Layer):
-    """GroupNorm: y = xhat scale + bias, xhat = (x - mean) rstd, rstd = 1/sqrt(var + eps);
+    r"""GroupNorm: y = xhat scale + bias, xhat = (x - mean) rstd, rstd = 1/sqrt(var + eps);
     dx = rstd (g - mean(g) - xhat mean(g xhat)), g = dy scale (means over each example's group).
 
     A group is one example's N = prod(spatial) C/G values of C/G adjacent channels; mean and
@@ -42,6 +42,38 @@ class GroupNorm(Layer):
     but the last). G = 1 is LayerNorm over all of an example's axes; G = C is InstanceNorm.
     x: (batch, *spatial, C), C divisible by num_groups. Residuals: xhat (batch, *spatial, C),
     rstd (batch, G). Params {"scale": (C,), "bias": (C,)}, from ones and zeros.
+
+    **Forward.** $x$ `(batch, *spatial, C)` is split into $G$ = `num_groups` groups of $C/G$
+    adjacent channels; for example $b$ and group $k$, the statistics run over its
+    $N = P\,C/G$ values ($P$ = prod(spatial)):
+
+    $$
+    \mu_{b,k} = \frac1N \sum_{p,\,c \in k} x_{b,p,c}, \qquad
+    \sigma^2_{b,k} = \frac1N \sum_{p,\,c \in k} (x_{b,p,c} - \mu_{b,k})^2
+    $$
+
+    $$
+    r_{b,k} = \frac{1}{\sqrt{\sigma^2_{b,k} + \epsilon}}, \qquad
+    \hat x_{b,p,c} = (x_{b,p,c} - \mu_{b,k})\, r_{b,k} \quad (c \in k), \qquad
+    y = \hat x \odot \gamma + \beta
+    $$
+
+    **Backward.** With $g = \mathrm{d}y \odot \gamma$ and $\overline{v}$ the mean of $v$ over each
+    example's group:
+
+    $$
+    \mathrm{d}x = r \bigl(g - \overline{g} - \hat x\, \overline{g \odot \hat x}\bigr)
+    $$
+
+    $$
+    \mathrm{d}\gamma = \sum_{b,p} \mathrm{d}y_{b,p} \odot \hat x_{b,p}, \qquad
+    \mathrm{d}\beta = \sum_{b,p} \mathrm{d}y_{b,p}
+    $$
+
+    LayerNorm's rule, over a group instead of a row.
+
+    **Shapes.** $\gamma$, $\beta$: `(C,)`. **Residuals.** $\hat x$ `(batch, *spatial, C)` and $r$
+    `(batch, G)`.
     """
 
     num_groups: int

@@ -222,7 +222,9 @@ PRESETS: dict[str, tuple[str, Callable[[int], Any]]] = {
         lambda outputs: resnet(outputs, (16, 32), 2),
     ),
 }
+"""The presets `jaxbp train --model NAME` builds: name -> (what it is, build(outputs))."""
 IMAGE_PRESETS = ("cnn", "resnet")
+"""The presets that take images (batch, H, W, C); the others take flat vectors."""
 
 
 def preset(name: str, outputs: int) -> Any:

@@ -31,11 +31,44 @@ from jaxbp.protocols import Layer
 
 @dataclasses.dataclass(frozen=True)
 class LayerNorm(Layer):
-    """LayerNorm: y = xhat scale + bias, xhat = (x - mean) rstd, rstd = 1/sqrt(var + eps);
+    r"""LayerNorm: y = xhat scale + bias, xhat = (x - mean) rstd, rstd = 1/sqrt(var + eps);
     dx = rstd (g - mean(g) - xhat mean(g xhat)), g = dy scale (mean, var over the last axis).
 
     dscale = sum dy xhat, dbias = sum dy (sums over every axis but the last).
     x: (batch, ..., C). Residuals: xhat (batch, ..., C), rstd (batch, ..., 1).
+
+    **Forward.** Over the last axis (the $C$ channels of each position), $\epsilon$ = `eps`,
+    $\gamma$ = `scale`, $\beta$ = `bias`:
+
+    $$
+    \mu = \frac1C \sum_c x_c, \quad
+    \sigma^2 = \frac1C \sum_c (x_c - \mu)^2, \quad
+    r = \frac{1}{\sqrt{\sigma^2 + \epsilon}}
+    $$
+
+    $$
+    \hat x = (x - \mu)\, r, \qquad
+    y = \hat x \odot \gamma + \beta
+    $$
+
+    (the code subtracts the row's first entry before taking $\mu$: exact, as it cancels, and it
+    keeps a large common offset from eating float32 digits).
+
+    **Backward.** With $g = \mathrm{d}y \odot \gamma$ and $\overline{v}$ the mean of $v$ over the
+    last axis:
+
+    $$
+    \mathrm{d}x = r \bigl(g - \overline{g} - \hat x\, \overline{g \odot \hat x}\bigr), \qquad
+    \mathrm{d}\gamma = \sum_n \mathrm{d}y_n \odot \hat x_n, \qquad
+    \mathrm{d}\beta = \sum_n \mathrm{d}y_n
+    $$
+
+    the sums running over every axis but the last. The two subtracted terms are the paths through
+    $\mu$ and through $\sigma^2$.
+
+    **Shapes.** $x$, $y$: `(batch, ..., C)`; $\gamma$, $\beta$: `(C,)`, from ones and zeros.
+
+    **Residuals.** $\hat x$ `(batch, ..., C)` and $r$ `(batch, ..., 1)`.
     """
 
     eps: float = 1e-5
@@ -68,11 +101,32 @@ class LayerNorm(Layer):
 
 @dataclasses.dataclass(frozen=True)
 class RMSNorm(Layer):
-    """RMSNorm: y = xhat scale, xhat = x rrms, rrms = 1/sqrt(mean(x^2) + eps);
+    r"""RMSNorm: y = xhat scale, xhat = x rrms, rrms = 1/sqrt(mean(x^2) + eps);
     dx = rrms (g - xhat mean(g xhat)), g = dy scale (mean over the last axis).
 
     dscale = sum dy xhat (over every axis but the last).
     x: (batch, ..., C). Residuals: xhat (batch, ..., C), rrms (batch, ..., 1).
+
+    **Forward.** Over the last axis, $\epsilon$ = `eps`, $\gamma$ = `scale` (no bias, no centring):
+
+    $$
+    r = \frac{1}{\sqrt{\frac1C \sum_c x_c^2 + \epsilon}}, \qquad \hat x = x\, r, \qquad
+    y = \hat x \odot \gamma
+    $$
+
+    **Backward.** With $g = \mathrm{d}y \odot \gamma$ and $\overline{v}$ the mean over the last
+    axis:
+
+    $$
+    \mathrm{d}x = r \bigl(g - \hat x\, \overline{g \odot \hat x}\bigr), \qquad
+    \mathrm{d}\gamma = \sum_n \mathrm{d}y_n \odot \hat x_n
+    $$
+
+    the sum running over every axis but the last.
+
+    **Shapes.** $x$, $y$: `(batch, ..., C)`; $\gamma$: `(C,)`, from ones.
+
+    **Residuals.** $\hat x$ `(batch, ..., C)` and $r$ `(batch, ..., 1)`.
     """
 
     eps: float = 1e-6
@@ -107,7 +161,7 @@ class RMSNorm(Layer):
 
 @dataclasses.dataclass(frozen=True)
 class BatchNorm(Layer):
-    """BatchNorm: y = xhat scale + bias, xhat = (x - mean) rstd, rstd = 1/sqrt(var + eps);
+    r"""BatchNorm: y = xhat scale + bias, xhat = (x - mean) rstd, rstd = 1/sqrt(var + eps);
     training: dx = rstd/N (N g - sum g - xhat sum(g xhat)), g = dy scale; evaluation: dx = g rstd.
 
     mean, var and the sums run over every axis but the last (N values per channel): the batch's
@@ -119,6 +173,50 @@ class BatchNorm(Layer):
     momentum * state + (1 - momentum) * the batch's statistic, the variance being the biased
     one (divided by N, the one that normalised the batch), as Flax keeps it (PyTorch keeps the
     unbiased one). forward (no state) works in training only.
+
+    **Forward, training.** Per channel $c$, over the $N$ values of every axis but the last (the
+    batch, and the positions of an image), $\epsilon$ = `eps`, $\gamma$ = `scale`, $\beta$ = `bias`:
+
+    $$
+    \mu_c = \frac1N \sum_n x_{n,c}, \quad
+    \sigma^2_c = \frac1N \sum_n (x_{n,c} - \mu_c)^2, \quad
+    r_c = \frac{1}{\sqrt{\sigma^2_c + \epsilon}}
+    $$
+
+    $$
+    \hat x = (x - \mu)\, r, \qquad
+    y = \hat x \odot \gamma + \beta
+    $$
+
+    and the state moves: $\mathrm{mean} \leftarrow m\,\mathrm{mean} + (1 - m)\,\mu$,
+    $\mathrm{var} \leftarrow m\,\mathrm{var} + (1 - m)\,\sigma^2$, $m$ = `momentum`.
+
+    **Forward, evaluation** (`train=False`). The running statistics, constants:
+    $\hat x = (x - \mathrm{mean})\, r$, $r = 1/\sqrt{\mathrm{var} + \epsilon}$; the state is
+    unchanged.
+
+    **Backward.** With $g = \mathrm{d}y \odot \gamma$ and the sums over the $N$ values of each
+    channel:
+
+    $$
+    \text{training:}\quad
+    \mathrm{d}x = \frac{r}{N} \Bigl(N g - \sum_n g_n - \hat x \sum_n g_n \odot \hat x_n\Bigr),
+    \qquad
+    \text{evaluation:}\quad \mathrm{d}x = g\, r
+    $$
+
+    $$
+    \mathrm{d}\gamma = \sum_n \mathrm{d}y_n \odot \hat x_n, \qquad
+    \mathrm{d}\beta = \sum_n \mathrm{d}y_n
+    $$
+
+    In training every output depends on every example through $\mu$ and $\sigma^2$: hence the two
+    extra terms, and `examples_independent` is False.
+
+    **Shapes.** $x$, $y$: `(batch, ..., C)`; $\gamma$, $\beta$, and the state's mean and var:
+    `(C,)`.
+
+    **Residuals.** $\hat x$ `(batch, ..., C)` and $r$ `(C,)`.
     """
 
     momentum: float = 0.9

@@ -93,7 +93,7 @@ class _WindowPool(Layer):
 
 @dataclasses.dataclass(frozen=True)
 class MaxPool(_WindowPool):
-    """MaxPool: y[o] = max over the window of x_pad (padding counts as -inf);
+    r"""MaxPool: y[o] = max over the window of x_pad (padding counts as -inf);
     dx[i] = sum of dy[o] over the windows o whose chosen maximum is x[i].
 
     Ties: each window sends dy to the FIRST of its maxima in row-major order of the window's
@@ -103,6 +103,27 @@ class MaxPool(_WindowPool):
     zero-size array (batch, *spatial, C, 0). The forward finds the winner
     in the same pass that takes the maximum (a running max with strict >), never by comparing x
     with y afterwards: XLA may recompute x in another fusion, a rounding apart.
+
+    **Forward.** Per channel, with $x^{\mathrm{pad}}$ padded by $-\infty$ and $j$ running over the
+    window's offsets ($s$ = `strides`):
+
+    $$
+    y_{n,o,c} = \max_j\, x^{\mathrm{pad}}_{n,\, o s + j,\, c}
+    $$
+
+    and $j^*_{n,o,c}$ is the first $j$, in the window's row-major order, at which the maximum is
+    reached.
+
+    **Backward.** Each window sends its $\mathrm{d}y$ to its one winner; a position that wins
+    several (overlapping) windows gets their sum ($\ell$: the low padding):
+
+    $$
+    \mathrm{d}x_{n,i,c} = \sum_{o:\ o s + j^*_{n,o,c} = i + \ell} \mathrm{d}y_{n,o,c}
+    $$
+
+    Ties go to the first maximum only, not split: what `jax.grad` of `lax.reduce_window` max does.
+
+    **Residuals.** $j^*$ (int32, $y$'s shape) and $x$'s shape in a zero-size array.
     """
 
     selects = True  # equal entries in a window: ties decide where dy goes
@@ -138,13 +159,30 @@ class MaxPool(_WindowPool):
 
 @dataclasses.dataclass(frozen=True)
 class AvgPool(_WindowPool):
-    """AvgPool: y[o] = (sum of the window of x_pad) / divisor[o]; dx[i] = sum of dy[o] /
+    r"""AvgPool: y[o] = (sum of the window of x_pad) / divisor[o]; dx[i] = sum of dy[o] /
     divisor[o] over the windows o that contain i (the transposed window sum).
 
     divisor: count_include_pad=True (the default, as flax.linen.avg_pool and PyTorch): prod(window)
     everywhere, padded zeros included; False (TensorFlow's SAME): the number of real input
     positions in the window. x: (batch, *spatial, C) -> (batch, *spatial', C). Residual: x's shape
     only, in a zero-size array (batch, *spatial, C, 0); the divisor depends on shapes alone.
+
+    **Forward.** Per channel, with $x^{\mathrm{pad}}$ zero-padded and $D_o$ the divisor:
+
+    $$
+    y_{n,o,c} = \frac{1}{D_o} \sum_j x^{\mathrm{pad}}_{n,\, o s + j,\, c}
+    $$
+
+    **Backward.** Each window spreads $\mathrm{d}y/D$ evenly over its entries:
+
+    $$
+    \mathrm{d}x_{n,i,c} = \sum_{(o,j):\ o s + j = i + \ell} \frac{\mathrm{d}y_{n,o,c}}{D_o}
+    $$
+
+    computed as $\mathrm{d}y/D$ dilated by the strides, padded by the transposed padding, and summed
+    over stride-1 windows (a window of ones needs no flip).
+
+    **Residuals.** $x$'s shape only, in a zero-size array.
     """
 
     count_include_pad: bool = True
@@ -180,9 +218,15 @@ class AvgPool(_WindowPool):
 
 @dataclasses.dataclass(frozen=True)
 class GlobalAvgPool(Layer):
-    """GlobalAvgPool: y = mean of x over the spatial axes; dx = dy / N at every position
+    r"""GlobalAvgPool: y = mean of x over the spatial axes; dx = dy / N at every position
     (N = prod(spatial)). x: (batch, *spatial, C) -> (batch, C), at least one spatial axis.
     Residual: x's shape only, in a zero-size array (batch, *spatial, C, 0).
+
+    **Forward and backward.** With $P$ = prod(spatial) positions:
+
+    $$
+    y_{n,c} = \frac1P \sum_p x_{n,p,c}, \qquad \mathrm{d}x_{n,p,c} = \frac{\mathrm{d}y_{n,c}}{P}
+    $$
     """
 
     examples_independent = True

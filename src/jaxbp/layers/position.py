@@ -17,11 +17,27 @@ INIT_STD = 0.02  # GPT-2's: small next to the N(0, 1) token rows, so tokens domi
 
 @dataclasses.dataclass(frozen=True)
 class PositionEmbedding(Layer):
-    """Learned positions: y[b, t] = x[b, t] + table[t]; dtable[t] = sum_b dy[b, t] for t < T
+    r"""Learned positions: y[b, t] = x[b, t] + table[t]; dtable[t] = sum_b dy[b, t] for t < T
     (rows T ... context - 1 read nothing, so get 0); dx = dy.
 
     x: (batch, T, C), T <= context -> y: (batch, T, C). Residuals: none (T is dy's axis 1).
     Params: {"table": (context, C)}, starting N(0, INIT_STD^2).
+
+    **Forward.** With $P$ = `table`, `(context, C)`, and $T \le$ `context` the sequence length:
+
+    $$
+    y_{b,t} = x_{b,t} + P_t
+    $$
+
+    **Backward.**
+
+    $$
+    \mathrm{d}x = \mathrm{d}y, \qquad
+    \mathrm{d}P_t = \begin{cases} \sum_b \mathrm{d}y_{b,t} & t < T \\ 0 & t \ge T \end{cases}
+    $$
+
+    **Shapes.** $x$, $y$: `(batch, T, C)`. **Residuals.** None: `()` ($T$ is read from
+    $\mathrm{d}y$'s shape).
     """
 
     context: int

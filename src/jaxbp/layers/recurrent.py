@@ -126,10 +126,37 @@ _RNN_ACTIVATIONS = {  # activation and its derivative in terms of its output h
 
 @dataclasses.dataclass(frozen=True)
 class RNN(_Recurrent):
-    """Elman RNN: h_t = act(z_t), z_t = x_t W + h_{t-1} U + b; dz_t = (dy_t + dz_{t+1} U^T) act'.
+    r"""Elman RNN: h_t = act(z_t), z_t = x_t W + h_{t-1} U + b; dz_t = (dy_t + dz_{t+1} U^T) act'.
 
     act' from the output: tanh' = 1 - h^2, relu' = [h > 0]. x: (batch, T, in) -> (batch, T, F).
     Residuals: x (batch, T, in), h (batch, T, F) (h_{t-1} is h shifted by one step).
+
+    **Forward**, from $h_0 = 0$, $\phi$ = `activation` (tanh or relu):
+
+    $$
+    z_t = x_t W + h_{t-1} U + b, \qquad h_t = \phi(z_t), \qquad y_t = h_t
+    $$
+
+    **Backward** (BPTT). A reverse scan over $t = T, \dots, 1$; $h_t$ feeds the output and
+    $z_{t+1}$, so its cotangent has two terms ($\mathrm{d}z_{T+1} = 0$):
+
+    $$
+    \mathrm{d}z_t = \bigl(\mathrm{d}y_t + \mathrm{d}z_{t+1} U^\top\bigr) \odot \phi'(z_t),
+    \qquad \tanh' = 1 - h_t^2, \quad \mathrm{relu}' = [\,h_t > 0\,]
+    $$
+
+    After the reverse scan, the parameter gradients and $\mathrm{d}x$ are matmuls over all steps
+    at once (summed over the batch too):
+
+    $$
+    \mathrm{d}W = \sum_t x_t^\top \mathrm{d}z_t, \qquad
+    \mathrm{d}U = \sum_t h_{t-1}^\top \mathrm{d}z_t, \qquad
+    \mathrm{d}b = \sum_t \mathrm{d}z_t, \qquad
+    \mathrm{d}x_t = \mathrm{d}z_t\, W^\top
+    $$
+
+    **Shapes.** $x$: `(batch, T, in)`, $y = h$: `(batch, T, F)`; $W$: `(in, F)`, $U$: `(F, F)`,
+    $b$: `(F,)`.
     """
 
     activation: str = "tanh"
@@ -170,7 +197,7 @@ class RNN(_Recurrent):
 
 @dataclasses.dataclass(frozen=True)
 class LSTM(_Recurrent):
-    """LSTM: z_t = x_t W + h_{t-1} U + b = [i f g o] (pre-activations); i, f, o = sigmoid,
+    r"""LSTM: z_t = x_t W + h_{t-1} U + b = [i f g o] (pre-activations); i, f, o = sigmoid,
     g = tanh; c_t = f c_{t-1} + i g; h_t = o tanh(c_t).
 
     BPTT, carry (dh_next, dc_next) from 0: dh = dy_t + dh_next; do = dh tanh(c_t);
@@ -180,6 +207,55 @@ class LSTM(_Recurrent):
     their activations (batch, T, 4F), c (batch, T, F), h_prev = h_{t-1} (batch, T, F).
     The forget gate's bias starts at 1 (Jozefowicz et al., 2015): f ~ 0.73, so the cell keeps
     its memory and gradients flow back through time from the first step of training.
+
+    **Forward**, from $h_0 = c_0 = 0$, the four gates side by side in $W$, $U$, $b$ (order
+    $i, f, g, o$):
+
+    $$
+    [\,a^i \;\; a^f \;\; a^g \;\; a^o\,] = x_t W + h_{t-1} U + b
+    $$
+
+    $$
+    i = \sigma(a^i), \quad f = \sigma(a^f), \quad g = \tanh(a^g), \quad o = \sigma(a^o)
+    $$
+
+    $$
+    c_t = f \odot c_{t-1} + i \odot g, \qquad h_t = o \odot \tanh c_t, \qquad y_t = h_t
+    $$
+
+    **Backward** (BPTT), gate by gate: a reverse scan over $t = T, \dots, 1$ carrying the cotangents
+    that step $t+1$ sends back, $\mathrm{d}z_{t+1} U^\top$ to $h_t$ and
+    $\mathrm{d}c_{t+1} \odot f_{t+1}$ to $c_t$ (both 0 at $t = T$):
+
+    $$
+    \mathrm{d}h_t = \mathrm{d}y_t + \mathrm{d}z_{t+1} U^\top, \qquad
+    \mathrm{d}c_t = \mathrm{d}h_t \odot o \odot (1 - \tanh^2 c_t) + \mathrm{d}c_{t+1} \odot f_{t+1}
+    $$
+
+    $$
+    \mathrm{d}o = \mathrm{d}h_t \odot \tanh c_t, \quad
+    \mathrm{d}i = \mathrm{d}c_t \odot g, \quad
+    \mathrm{d}f = \mathrm{d}c_t \odot c_{t-1}, \quad
+    \mathrm{d}g = \mathrm{d}c_t \odot i
+    $$
+
+    $$
+    \mathrm{d}z_t = \bigl[\,\mathrm{d}i \odot i(1-i) \;\;\ \mathrm{d}f \odot f(1-f) \;\;\
+      \mathrm{d}g \odot (1-g^2) \;\;\ \mathrm{d}o \odot o(1-o)\,\bigr]
+    $$
+
+    After the reverse scan, the parameter gradients and $\mathrm{d}x$ are matmuls over all steps
+    at once (summed over the batch too):
+
+    $$
+    \mathrm{d}W = \sum_t x_t^\top \mathrm{d}z_t, \qquad
+    \mathrm{d}U = \sum_t h_{t-1}^\top \mathrm{d}z_t, \qquad
+    \mathrm{d}b = \sum_t \mathrm{d}z_t, \qquad
+    \mathrm{d}x_t = \mathrm{d}z_t\, W^\top
+    $$
+
+    **Shapes.** $x$: `(batch, T, in)`, $y = h$: `(batch, T, F)`; $W$: `(in, 4F)`, $U$: `(F, 4F)`,
+    $b$: `(4F,)`.
     """
 
     gates = 4
@@ -230,7 +306,7 @@ class LSTM(_Recurrent):
 
 @dataclasses.dataclass(frozen=True)
 class GRU(_Recurrent):
-    """GRU, PyTorch's convention (reset applied after U_n): [a_r a_z a_n] = x_t W + b,
+    r"""GRU, PyTorch's convention (reset applied after U_n): [a_r a_z a_n] = x_t W + b,
     [u_r u_z u_n] = h_{t-1} U; r = sigmoid(a_r + u_r), z = sigmoid(a_z + u_z),
     n = tanh(a_n + r u_n); h_t = (1 - z) n + z h_{t-1}. (One bias, b_n outside the r product.)
 
@@ -239,6 +315,58 @@ class GRU(_Recurrent):
     gates [dr' dz' dn' r]; dh_prev = dh z + [dr' dz' dn' r] U^T.
     x: (batch, T, in) -> h: (batch, T, F). Residuals: x (batch, T, in), gates [r z n]
     (batch, T, 3F), u_n = h_{t-1} U_n (batch, T, F), h_prev = h_{t-1} (batch, T, F).
+
+    **Forward**, from $h_0 = 0$, gates in the order $r, z, n$ (the bias on the input side only):
+
+    $$
+    [\,a^r \;\; a^z \;\; a^n\,] = x_t W + b, \qquad [\,u^r \;\; u^z \;\; u^n\,] = h_{t-1} U
+    $$
+
+    $$
+    r = \sigma(a^r + u^r), \quad z = \sigma(a^z + u^z), \quad n = \tanh(a^n + r \odot u^n)
+    $$
+
+    $$
+    h_t = (1 - z) \odot n + z \odot h_{t-1}
+    $$
+
+    **Backward** (BPTT), a reverse scan carrying the cotangent step $t+1$ sends to $h_t$ (0 at
+    $t = T$):
+
+    $$
+    \mathrm{d}h_t = \mathrm{d}y_t
+      + \bigl(\mathrm{d}h_{t+1} \odot z_{t+1} + \mathrm{d}u_{t+1} U^\top\bigr)
+    $$
+
+    $$
+    \mathrm{d}n' = \mathrm{d}h_t \odot (1 - z)(1 - n^2), \quad
+    \mathrm{d}z' = \mathrm{d}h_t \odot (h_{t-1} - n)\, z (1 - z)
+    $$
+
+    $$
+    \mathrm{d}r' = \mathrm{d}n' \odot u^n\, r (1 - r)
+    $$
+
+    $$
+    \mathrm{d}a_t = [\,\mathrm{d}r' \;\; \mathrm{d}z' \;\; \mathrm{d}n'\,], \qquad
+    \mathrm{d}u_t = [\,\mathrm{d}r' \;\; \mathrm{d}z' \;\; \mathrm{d}n' \odot r\,]
+    $$
+
+    (the primes: cotangents of the pre-activations; $r$ multiplies $u^n$, so the $n$ gate's
+    $h$-side cotangent carries the factor $r$).
+
+    After the reverse scan, the parameter gradients and $\mathrm{d}x$ are matmuls over all steps
+    at once (summed over the batch too):
+
+    $$
+    \mathrm{d}W = \sum_t x_t^\top \mathrm{d}a_t, \qquad
+    \mathrm{d}U = \sum_t h_{t-1}^\top \mathrm{d}u_t, \qquad
+    \mathrm{d}b = \sum_t \mathrm{d}a_t, \qquad
+    \mathrm{d}x_t = \mathrm{d}a_t\, W^\top
+    $$
+
+    **Shapes.** $x$: `(batch, T, in)`, $y = h$: `(batch, T, F)`; $W$: `(in, 3F)`, $U$: `(F, 3F)`,
+    $b$: `(3F,)`.
     """
 
     gates = 3

@@ -13,7 +13,16 @@ from jaxbp.protocols import Layer
 
 @dataclasses.dataclass(frozen=True)
 class Flatten(Layer):
-    """Flatten: (batch, *shape) -> (batch, prod(shape)); dx = dy reshaped back."""
+    r"""Flatten: (batch, *shape) -> (batch, prod(shape)); dx = dy reshaped back.
+
+    **Forward.** $y_n = \mathrm{vec}(x_n)$, row-major: $x$ `(batch, *shape)` becomes $y$
+    `(batch, prod(shape))`.
+
+    **Backward.** $\mathrm{d}x = \mathrm{d}y$ reshaped to $x$'s shape; no parameters.
+
+    **Residuals.** Only $x$'s shape, carried by a zero-size array `(batch, *shape, 0)` (it costs
+    nothing and passes through `jit` and `vmap`).
+    """
 
     examples_independent = True
 

@@ -29,7 +29,7 @@ __all__ = ["Tied"]
 
 @dataclasses.dataclass(frozen=True)
 class Tied(CombinatorBase):
-    """Weight tying (Press & Wolf, 2017): the Dense head at path `target` reads W = table^T, the
+    r"""Weight tying (Press & Wolf, 2017): the Dense head at path `target` reads W = table^T, the
     table of the Embedding at path `source` (paths inside body), so one (vocab, C) matrix serves
     as both the input and the output embedding.
 
@@ -40,6 +40,26 @@ class Tied(CombinatorBase):
     layers read gets the sum of their two gradients (a fan-out, as x's in Residual).
     params, state and residuals: the body's, less the target's W; the body sits at Tied's own
     path (Tied adds no step), so every layer keeps its path in signals, rules and check rows.
+
+    **Forward.** With $E$ the source Embedding's table `(vocab, C)`, the target Dense head computes
+    with
+
+    $$
+    W = E^\top \quad (C \times \mathrm{vocab})
+    $$
+
+    and the rest of the body runs unchanged.
+
+    **Backward.** $E$ is read twice (a fan-out), so its gradient is the sum of the two:
+
+    $$
+    \mathrm{d}E = \mathrm{d}E_{\text{embedding}} + (\mathrm{d}W_{\text{head}})^\top
+    $$
+
+    where $\mathrm{d}E_{\text{embedding}}$ is the Embedding's scatter-add and
+    $\mathrm{d}W_{\text{head}} = h^\top \mathrm{d}y$ is Dense's rule, $h$ the head's input.
+
+    **Residuals.** The body's.
     """
 
     body: Any
