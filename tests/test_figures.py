@@ -1,6 +1,6 @@
-"""Every figure in the README's and experiments/README.md's experiment tables, and every figure of
-the README's benchmark tables, equals the committed results file it comes from, at the rounding
-printed.
+"""Every figure in experiments/README.md's experiment tables and the sequence guide's, and every
+figure of the benchmarks page's tables (docs/benchmarks.md), equals the committed results file
+it comes from, at the rounding printed.
 
 Each table row is cut into its numbers; the row's entry below lists them in order, each either a
 figure with the place in results.json it comes from, or a bare string: a setting, a size or a
@@ -19,12 +19,13 @@ from functools import cache
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-README = ROOT / "README.md"
+SEQUENCES_PAGE = ROOT / "docs" / "guides" / "sequences.md"
+BENCHMARKS_PAGE = ROOT / "docs" / "benchmarks.md"
 EXPERIMENTS_README = ROOT / "experiments" / "README.md"
 EXPERIMENT_RESULTS = ROOT / "experiments" / "results"
 BENCH_RESULTS = ROOT / "benchmarks" / "results"
 
-# A number as the READMEs print one: 10^-8.5 (a log10), 24,384, 6.7e-5, 0.2370; not the digit of
+# A number as the pages print one: 10^-8.5 (a log10), 24,384, 6.7e-5, 0.2370; not the digit of
 # a name (W1, v1, f_B'). An optional unit says how a time is scaled.
 NUMBER = re.compile(
     r"(?<![\w.'^])(10\^[-+]?\d+(?:\.\d+)?|\d{1,3}(?:,\d{3})+(?!\d)|\d+(?:\.\d+)?(?:e[-+]?\d+)?)"
@@ -34,7 +35,7 @@ TIME_UNITS = {"us": 1e6, "ms": 1e3, "s": 1.0}
 
 
 def numbers(text: str) -> list[tuple[str, str]]:
-    """The (number, unit) pairs of a piece of README text, in order."""
+    """The (number, unit) pairs of a piece of page text, in order."""
     return NUMBER.findall(text)
 
 
@@ -215,7 +216,7 @@ def residual_fa_row(engine: str) -> list:
 
 
 # The depth experiment's accuracies at 8 and 56 layers (4 kinds; "10" is the chance level) and
-# the first layer's delta over the last's at 56: both READMEs state them in this order.
+# the first layer's delta over the last's at 56: the pages state them in this order.
 DEPTH_FIGURES = [
     (None, pct("plain/8/test_accuracy/mean")), (None, pct("plain/56/test_accuracy/mean")),
     (None, pct("plain_bn/8/test_accuracy/mean")),
@@ -231,7 +232,7 @@ DEPTH_FIGURES = [
 
 # fmt: off
 # An entry is the row's numbers in order: a bare string is not a result; (token, getter) is a
-# figure (token None: whatever the README prints there, checked against the getter).
+# figure (token None: whatever the page prints there, checked against the getter).
 EXPERIMENTS: dict[tuple[str, str, int, str], tuple[str, list]] = {
     # experiments/README.md, the results table
     ("experiments", "Results", 0, "seed_example"): ("seed_example", [
@@ -402,88 +403,20 @@ EXPERIMENTS: dict[tuple[str, str, int, str], tuple[str, list]] = {
         "plain", "plain_bn", "residual", "residual_bn")},  # fmt: skip
     **{("experiments", "depth", 1, f): ("depth", depth_loss_row(f)) for f in (
         "plain", "plain_bn", "residual", "residual_bn")},  # fmt: skip
-    # README.md, the experiments table
-    ("README", "Experiments", 0, "seed_example"): ("seed_example", [
-        "2", "2", "1", (None, at("solved_from_step")), (None, at("trajectory/cost/0")),
-        (None, at("final_cost")), (None, at("seed_sweep/n_solved")),
-        (None, count("seed_sweep/seeds")),
-    ]),
-    ("README", "Experiments", 0, "vanishing_gradients"): ("vanishing_gradients", [
-        (None, at("sigmoid/measured_delta_factor")),
-        (None, at("sigmoid/predicted_factor_rms_fprime")), "1", "4",
-        (None, at("sigmoid/log10_first_layer_grad_norm_per_depth/-1")), (None, at("depths/-1")),
-        (None, at("tanh/measured_delta_factor")), (None, at("relu/measured_delta_factor")),
-    ]),
-    ("README", "Experiments", 0, "gradient_precision"): ("gradient_precision", [
-        (None, at("errors/float64: backprop vs jax.grad/largest")),
-        (None, at("errors/float32: backprop vs jax.grad/largest")),
-        (None, at("config/depths/0")), (None, at("config/depths/-1")),
-        (None, at("config/widths/0")), (None, at("config/widths/-1")),
-        (None, at("errors/float32 backprop vs float64 truth/largest")),
-        (None, at("errors/float32 jax.grad vs float64 truth/largest")),
-    ]),
-    ("README", "Experiments", 0, "feedback_alignment"): ("feedback_alignment", [
-        (None, pct(f"{BP}/final_accuracy")), (None, pct(f"{FA}/final_accuracy")),
-        (None, pct(f"{DFA}/final_accuracy")),
-        "90",  # "start at 90 degrees": orthogonal, as the init angles in experiments/README show
-        (None, ends(MLP_HIDDEN, min, -1)), (None, ends(MLP_HIDDEN, max, -1)),
-        (None, pct(f"{RBP}/final_accuracy")), (None, pct(f"{RFA}/final_accuracy")),
-        (None, pct(f"{RDFA}/final_accuracy")), (None, pct(f"{RFA}/best_accuracy")),
-        (None, pct(f"{RDFA}/best_accuracy")),
-        (None, ends(RES_HIDDEN, min, -1)), (None, ends(RES_HIDDEN, max, -1)),
-    ]),
-    ("README", "Experiments", 0, "per_example_gradients"): ("per_example_gradients", [
-        (None, at("vmap_vs_loop/max_diff_over_scale")), (None, at("timing/32/speedup")),
-        (None, at("timing/512/speedup")), "32", "512",
-    ]),
-    ("README", "Experiments", 0, "depth"): ("depth", [
-        "2016", (None, at("depths/0")), (None, at("depths/-1")), (None, at("config/seeds")),
-        *DEPTH_FIGURES,
-    ]),
-    ("README", "Experiments", 0, "char_models"): ("char_models", [
-        (None, at(f"table/{m}/validation")) for m in ("bigram", "mlp", "lstm", "gpt")
-    ]),
-    ("README", "Experiments", 0, "dp_sgd"): ("dp_sgd", [
-        "64", (None, at("config/hidden")), "10", (None, at("config/expected_batch")),
-        (None, at("config/clip_norm")), (None, at("config/epochs")), (None, at("config/delta")),
-        (None, count("config/seeds")),
-        *[(None, pct(f"private/{e}/test_accuracy")) for e in (1, 2, 4, 8)],
-        *[(None, at(f"private/{e}/epsilon")) for e in (1, 2, 4, 8)],
-        (None, pct("no_privacy/test_accuracy")), (None, pct("private/8/clipped_at_end")),
-        (None, at("private/8/epsilon")),
-    ]),
-    ("README", "Experiments", 0, "kfac"): ("kfac", [
-        (None, count("config/seeds")), (None, at("autoencoder/seed_noise/median_abs_z")),
-        *[(None, at(f"{AE_TIMING}/ratio_jaxbp_over_kfac_jax/{k}"))
-          for k in ("median", "ci95_low", "ci95_high")],
-        *[(None, at(f"autoencoder/steps_to_target/{o}/median")) for o in ("kfac", "adam")],
-        (None, at("autoencoder/steps_to_target/adam_over_kfac")),
-        *[(None, seed_mean(f"classifier/runs/{o}/final_smoothed_loss_per_seed"))
-          for o in ("kfac", "adam")],
-    ]),  # fmt: skip
-    ("README", "Experiments", 0, "curvature"): ("curvature", [
-        (None, at("diagonal/init/params")),
-        (None, at("diagonal/init/hvp_vs_jax_hessian_max_rel_error")),
-        (None, at("diagonal/init/ggn_hessian_correlation")),
-        (None, at("diagonal/trained/ggn_hessian_correlation")), "1",
-        (None, pct("training/diag_ggn/selected/test_accuracy/-1")),
-        (None, at("training/diag_ggn/selected/test_loss/-1")),
-        (None, at("training/adam/selected/test_loss/-1")),
-    ]),
-    # README.md, the character models' table
-    ("README", "Sequences", 0, "bigram"): ("char_models", [
+    # docs/guides/sequences.md, the character models' table
+    ("sequences", "Training, and sampling", 0, "bigram"): ("char_models", [
         (None, at("table/bigram/validation")), (None, at("table/bigram/test")),
         (None, at("table/bigram/parameters")),
     ]),
-    ("README", "Sequences", 0, "makemore MLP"): ("char_models", [
+    ("sequences", "Training, and sampling", 0, "makemore MLP"): ("char_models", [
         "3", "200", (None, at("table/mlp/validation")), (None, at("table/mlp/test")),
         (None, at("table/mlp/parameters")),
     ]),
-    ("README", "Sequences", 0, "GPT"): ("char_models", [
+    ("sequences", "Training, and sampling", 0, "GPT"): ("char_models", [
         "2", "64", "4", (None, at("config/context")), (None, at("table/gpt/validation")),
         (None, at("table/gpt/test")), (None, at("table/gpt/parameters")),
     ]),
-    ("README", "Sequences", 0, "LSTM"): ("char_models", [
+    ("sequences", "Training, and sampling", 0, "LSTM"): ("char_models", [
         "64", "128", (None, at("table/lstm/validation")), (None, at("table/lstm/test")),
         (None, at("table/lstm/parameters")),
     ]),
@@ -491,19 +424,19 @@ EXPERIMENTS: dict[tuple[str, str, int, str], tuple[str, list]] = {
 # fmt: on
 
 
-SEQUENCES = "Sequences: a GPT and an LSTM, every backward by hand"
-README_SECTIONS = {"Experiments": "Experiments", SEQUENCES: "Sequences"}
+# The docs pages with experiment tables besides experiments/README.md: {key: page}.
+DOC_PAGES = {"sequences": SEQUENCES_PAGE}
 
 
 def experiment_rows():
-    """Every table row with a number in experiments/README.md, and in the README's experiment and
+    """Every table row with a number in experiments/README.md, and in the docs pages' (DOC_PAGES)
     character-model tables: (its key in EXPERIMENTS, its text)."""
     rows = []
     for section, index, table in tables(EXPERIMENTS_README):
         rows += [(("experiments", section, index, label(r[0])), r) for r in table]
-    for section, index, table in tables(README):
-        if section in README_SECTIONS:
-            rows += [(("README", README_SECTIONS[section], index, label(r[0])), r) for r in table]
+    for name, page in DOC_PAGES.items():
+        for section, index, table in tables(page):
+            rows += [((name, section, index, label(r[0])), r) for r in table]
     return [(key, " | ".join(cells)) for key, cells in rows if numbers(" | ".join(cells))]
 
 
@@ -535,10 +468,10 @@ def check_row(where: str, text: str, entry: list, tree: dict, source: str) -> li
 
 def test_every_experiment_row_is_listed():
     rows = {key for key, _ in experiment_rows()}
-    assert len(rows) > 50, f"only {len(rows)} rows found: has a table moved?"
+    assert len(rows) > 40, f"only {len(rows)} rows found: has a table moved?"
     unlisted, gone = sorted(rows - EXPERIMENTS.keys()), sorted(EXPERIMENTS.keys() - rows)
     assert not unlisted, f"rows with figures the test does not list: {unlisted}"
-    assert not gone, f"listed rows the READMEs no longer have: {gone}"
+    assert not gone, f"listed rows the pages no longer have: {gone}"
 
 
 def test_experiment_figures_equal_their_results():
@@ -556,9 +489,9 @@ def test_experiment_figures_equal_their_results():
 
 def test_the_readme_gpt_plateau_is_its_results():
     """The GPT "flattened by epoch 12, 2.1288 -> 2.1283": the committed curve's last two epochs."""
-    text = README.read_text()
+    text = SEQUENCES_PAGE.read_text()
     found = re.search(r"flattened by epoch (\d+), ([\d.]+) -> ([\d.]+)", text)
-    assert found, "the README's sentence on the GPT's last epochs is gone"
+    assert found, "the sequence guide's sentence on the GPT's last epochs is gone"
     curve = results("char_models")["validation_curves"]["gpt"]
     assert int(found.group(1)) == len(curve)
     assert agrees(found.group(2), "", curve[-2]) and agrees(found.group(3), "", curve[-1]), (
@@ -567,7 +500,7 @@ def test_the_readme_gpt_plateau_is_its_results():
     )
 
 
-# ---- benchmarks: each README table's columns, from the results file it names -----------------
+# ---- benchmarks: each table's columns, from the results file it names ---------------------------
 
 FIVE = ("median", "ci95_low", "ci95_high", "q25", "q75")  # "0.975 [0.973-0.978] (0.931-1.017)"
 THREE = FIVE[:3]  # "0.780 [0.769-0.792]"
@@ -627,8 +560,8 @@ GPT2_PROFILE = [
     at("profile/wall_s"),
 ]  # fmt: skip
 # fmt: off
-# The README's benchmark tables by their header: the file and the columns, or why no committed
-# file holds them (the README cites the command that prints them beside the table).
+# The benchmarks page's tables by their header: the file and the columns, or why no committed
+# file holds them (the page cites the command that prints them beside the table).
 BENCH_TABLES = {
     ("config", "backprop grad", "jax.grad", "backprop / jax.grad", "backprop is",
      "null: jax.grad / itself", "train step ratio", "compile bp / jax.grad"): (
@@ -648,7 +581,7 @@ BENCH_TABLES = {
     ("config", "quantity", "jaxbp / its base", "vmap(jax.grad) / jaxbp",
      "peer / jaxbp (absolute time)"): ("quantities/quantities.json", None),  # quantity_row
     ("dW product (batch, in, out)", "x.T @ dy", "copy(x.T) @ dy", "(dy.T @ x).T"): (
-        None, "printed by python benchmarks/weight_grad_layouts.py, which the README cites",
+        None, "printed by python benchmarks/weight_grad_layouts.py, which the page cites",
     ),
     ("config", "backprop grad", "jax.grad", "backprop / jax.grad", "backprop is",
      "null: jax.grad / itself", "train step ratio"): ("vision/results.json", VISION_GRADIENT),
@@ -673,9 +606,7 @@ PEER_NAMES = {"Opacus": "Opacus hooks", "ghost clipping": "Opacus ghost"}
 def bench_tables():
     """(header, its entry in BENCH_TABLES, body rows) for every table of the Benchmarks section."""
     found = []
-    for section, _, table in tables(README):
-        if section != "Benchmarks":
-            continue
+    for _, _, table in tables(BENCHMARKS_PAGE):
         header = tuple(table[0])
         found.append((header, BENCH_TABLES.get(header), table[1:]))
     return found
@@ -683,7 +614,7 @@ def bench_tables():
 
 def quantity_row(cells: list[str], config: dict) -> list[Callable]:
     """`quantity` | over its base [(clipping alone X)] | vmap(jax.grad) over jaxbp | peers over
-    jaxbp: the getters in the order the README prints them."""
+    jaxbp: the getters in the order the page prints them."""
     name = QUANTITY_NAMES.get(cells[1], cells[1].strip("`"))
     rows = {r["quantity"]: r for g in config["groups"].values() for r in g["rows"]}
     row = rows[name]
@@ -713,7 +644,7 @@ def test_benchmark_figures_equal_their_results():
     problems = []
     for header, (relative, columns), rows in bench_tables():
         if relative is None:
-            continue  # columns says why: printed by the command the README cites beside it
+            continue  # columns says why: printed by the command the page cites beside it
         data = bench(relative)["configs"]
         source = f"benchmarks/results/{relative}"
         for cells in rows:
@@ -727,7 +658,7 @@ def test_benchmark_figures_equal_their_results():
             if "faster" in text or "within the null" in text or "slower" in text:
                 problems += check_verdict(name, cells, config)
             entry = [(None, g) for g in get]
-            where = f"README [Benchmarks] table {header[1]!r} row {' '.join(cells[:2])!r}"
+            where = f"docs/benchmarks.md table {header[1]!r} row {' '.join(cells[:2])!r}"
             problems += check_row(where, text, entry, config, source)
     assert not problems, "\n".join(problems)
 
@@ -742,13 +673,13 @@ def check_verdict(name: str, cells: list[str], config: dict) -> list[str]:
     else:
         want = "within the null"
     said = cells[4].split(" (")[0]
-    wrong = f"README [Benchmarks] {name}: says {said!r}, its intervals say {want!r}"
+    wrong = f"docs/benchmarks.md {name}: says {said!r}, its intervals say {want!r}"
     return [] if said == want else [wrong]
 
 
 def test_benchmark_machine_lines_name_their_runs():
     """The environment each benchmark paragraph states is the one its results file recorded."""
-    text = README.read_text()
+    text = BENCHMARKS_PAGE.read_text()
     env = bench("results.json")["environment"]
     line = (
         f"Python {env['python']}, jax {env['jax']}, jaxlib {env['jaxlib']}, "
@@ -760,7 +691,7 @@ def test_benchmark_machine_lines_name_their_runs():
     assert f"{sequence['date']}, torch {torch}; `benchmarks/results/sequence/`" in text
     vision = bench("vision/results.json")["environment"]
     torch = vision["torch"].split("+")[0]
-    flat = " ".join(text.split())  # the README's line breaks fall anywhere
+    flat = " ".join(text.split())  # the page's line breaks fall anywhere
     assert f"{vision['date']}, torch {torch}; `benchmarks/results/vision/`" in flat
     gpt2 = bench("gpt2/results.json")["environment"]
     torch = gpt2["torch"].split("+")[0]

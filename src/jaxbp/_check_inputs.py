@@ -10,6 +10,8 @@ import numpy as np
 from jaxbp._types import Array, PRNGKey, Shape
 
 TARGETS = ("auto", "normal", "unit", "labels", "probs")
+"""How `check_loss` draws targets: normal floats, unit floats in [0, 1], integer labels,
+probability rows, or the loss's own choice (auto)."""
 # Three values: a window of 4 entries has a tied maximum with probability 1 - 36/81 = 56% (of 9
 # entries, 88%), and a third of the entries sit exactly at a relu kink.
 TIE_VALUES = (-1.0, 0.0, 1.0)

@@ -31,6 +31,7 @@ TOLERANCES = {
     "float64": Tolerances(vjp=1e-10, fd=1e-6, dot=1e-10),
     "float32": Tolerances(vjp=1e-4, fd=1e-4, dot=1e-4),
 }
+"""The default tolerances by dtype: a row passes when each error is at or below its bound."""
 
 
 @dataclasses.dataclass(frozen=True)

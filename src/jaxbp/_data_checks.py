@@ -18,9 +18,13 @@ Arrays = tuple[np.ndarray, np.ndarray]
 Split = tuple[Arrays, Arrays]
 
 Task = Literal["auto", "classification", "regression"]
+"""A dataset's task: classification (integer labels), regression, or auto (from the labels)."""
 TASKS: tuple[str, ...] = ("auto", "classification", "regression")
+"""The tasks `load` and `jaxbp train --task` accept."""
 MAX_CLASSES = 1000  # a larger label is more likely an id or a measurement than a class
+"""The largest number of classes auto-detection accepts: a larger label is likelier an id."""
 MIN_PER_CLASS = 2  # a class in a single row is more likely an id: it cannot be in train and test
+"""The fewest rows a class needs under auto-detection: one row cannot be in both splits."""
 _ASK = "set the task: task='classification' or task='regression' (jaxbp train --task)"
 
 

@@ -21,6 +21,7 @@ except ImportError:  # Windows: no flock; lock_folder then locks nothing
     fcntl = None
 
 LOCK_NAME = ".jaxbp.lock"
+"""The lock file `lock_folder` holds in a run folder while a run writes it (an `flock`)."""
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> None:

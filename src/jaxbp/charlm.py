@@ -46,6 +46,7 @@ __all__ = [
 # makemore's MLP: 3 characters of context, 10-d embeddings, 200 tanh units (Karpathy, "Building
 # makemore Part 2"), trained with Adam long enough to level off on the validation split.
 MLP_DEFAULTS = dict(block=3, embed=10, hidden=200, epochs=10, batch_size=128, lr=3e-3)
+"""makemore's MLP settings: 3 characters of context, embedding 10, 200 tanh units."""
 END_ID = 0  # "." in every Vocabulary of jaxbp._names
 
 

@@ -40,8 +40,11 @@ __all__ = ["FORMAT", "VERSION", "METADATA_KEY", "LOCK_NAME", "FolderLocked", "at
            "latest", "load", "lock_folder", "save"]  # fmt: skip
 
 FORMAT = "jaxbp.checkpoint"
+"""The `format` field of a checkpoint's metadata."""
 VERSION = 1
+"""The checkpoint format's version; `load` refuses another."""
 METADATA_KEY = "__metadata__"
+"""The archive entry holding the JSON metadata."""
 # Everything np.load and zipfile raise on a damaged archive; OSError stays out, as it means I/O.
 _CORRUPT = (ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile, zlib.error)
 

@@ -24,7 +24,9 @@ __all__ = [
 ]  # fmt: skip
 
 SEED_MODEL = mlp([2, 1], "sigmoid", "sigmoid")
+"""The seed's network: `serial(Dense(2), Sigmoid(), Dense(1), Sigmoid())`."""
 WEIGHT_NAMES = ("w11", "w12", "w21", "w22", "b1", "b2", "v1", "v2", "bB")
+"""The nine weights' names, in the order `seed_params(weights=...)` takes them."""
 
 
 def xor_data(dtype=jnp.float32) -> tuple[Array, Array]:

@@ -23,6 +23,7 @@ from typing import Any
 __all__ = ["epsilon", "dp_event", "require_dp_accounting", "INSTALL_HINT"]
 
 INSTALL_HINT = 'privacy accounting needs dp-accounting: pip install "jaxbp[dp]"'
+"""What the ImportError says when dp-accounting is missing."""
 ACCOUNTANTS = ("rdp", "pld")
 
 

@@ -99,6 +99,8 @@ __all__ = [
 ]  # fmt: skip
 
 State = Any  # a pytree beside params: one entry per child, () for stateless layers
+"""A model's state (BatchNorm's running statistics): a pytree beside params, one entry per
+child, `()` for a stateless layer."""
 
 
 @runtime_checkable

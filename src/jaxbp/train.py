@@ -46,7 +46,10 @@ __all__ = [
 ]
 
 ENGINES = setup.ENGINES  # grad="backprop" or "autodiff"
+"""The gradient engines `grad=` names: "backprop" (the hand-written rules) and "autodiff"
+(`jax.value_and_grad`)."""
 CHECKPOINT_NAME = "checkpoint.npz"
+"""The checkpoint's file name inside `checkpoint_dir`."""
 
 
 class TrainingDiverged(RuntimeError):

@@ -28,8 +28,10 @@ __all__ = [
 ]  # fmt: skip
 
 Path = tuple[int, ...]
+"""A layer's place in the params tree: `(3, 0, 1)` is `params[3][0][1]`."""
 # A backward rule in the protocol's convention: (params, residuals, dy) -> (dparams, dx).
 Rule = Callable[[Params, Residuals, Array], tuple[Grads, Array]]
+"""A backward rule in the protocol's convention: `(params, residuals, dy) -> (dparams, dx)`."""
 
 
 def as_path(path: Any, what: str = "path") -> Path:
