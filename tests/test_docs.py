@@ -254,6 +254,7 @@ def inventory(site: Path) -> set[str]:
 
 
 @needs_docs
+@pytest.mark.xdist_group("docs_site")  # one worker builds the site once for both
 def test_the_site_builds_strict_and_documents_every_public_name(site):
     names = inventory(site)
     documented = {id(_resolve(n)) for n in names if n.startswith("jaxbp")}
@@ -287,6 +288,7 @@ def _resolve(dotted: str):
 
 
 @needs_docs
+@pytest.mark.xdist_group("docs_site")
 def test_every_page_is_in_the_site_with_its_images(site):
     """Each page under docs/ is in the nav (mkdocs --strict reports one left out only at INFO)
     and built, and every image a built page shows is a file of the site."""
