@@ -115,11 +115,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+FLAGS = os.environ.get("XLA_FLAGS", "")
+
+
 def _env(devices: int, port: int | None = None) -> dict:
     env = {
         **os.environ,
         "JAX_PLATFORMS": "cpu",
-        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+        # conftest.py's XLA flags (LLVM's optimisations off), as the suite's other processes have
+        "XLA_FLAGS": f"{FLAGS} --xla_force_host_platform_device_count={devices}".strip(),
         "MPLBACKEND": "Agg",
     }
     if port is not None:  # process 0's coordinator listens on loopback only, not on every address

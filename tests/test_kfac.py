@@ -237,8 +237,9 @@ assert err < 1e-3, err
 
 
 def test_kfac_on_two_devices_matches_one():
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
-           "JAX_PLATFORMS": "cpu"}  # fmt: skip
+    # conftest.py's XLA flags (LLVM's optimisations off) as the suite's other processes have
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2"
+    env = {**os.environ, "XLA_FLAGS": flags.strip(), "JAX_PLATFORMS": "cpu"}
     done = subprocess.run([sys.executable, "-c", TWO_DEVICES], capture_output=True, text=True,
                           timeout=SUBPROCESS_TIMEOUT_S, env=env)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
