@@ -4,7 +4,7 @@ Autodiff can only give the true gradient; a hand-written sweep can be told to do
 A `RuleEngine` is an engine (`jaxbp.protocols.Engine`: backprop's signature and result), so the
 training loop takes it wherever it takes `backprop`. Built here:
 
-- `engine_from_rules(rules)`: the hook. rules[path](params, residuals, dy) -> (dparams, dx)
+- `engine_from_rules(rules)`: the hook. `rules[path](params, residuals, dy) -> (dparams, dx)`
   replaces the backward of the leaf layer at that path (e.g. (3, 0, 1); an int i means (i,));
   every other layer keeps its own, and every combinator its own (a Residual's skip still adds).
 - `feedback_alignment` (FA, Lillicrap et al. 2016): each layer with a weight matrix that declares
@@ -80,7 +80,7 @@ def engine_from_rules(
     name: str = "custom",
     feedback: Mapping[Path, Array] | None = None,
 ) -> RuleEngine:
-    """The hook: an engine whose layer at path p runs rules[p](params, residuals, dy), which
+    """The hook: an engine whose layer at path p runs `rules[p](params, residuals, dy)`, which
     returns (dparams, dx).
 
     dparams must have the structure of the layer's params and dx the shape of its input.
