@@ -17,6 +17,24 @@ if os.environ.get("JAXBP_TEST_OPTIMIZED") != "1":
     flag = "--xla_backend_optimization_level=0"
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flag}".strip()
 
+# One persistent compilation cache for the whole run: the xdist workers and every subprocess (the
+# CLI, the experiments, the documentation's pages) compile many of the same programs, and a second
+# process reads the first one's executable instead of compiling it again (the same executable, so
+# the same numbers). The process that loads this file first (pytest's controller) makes the
+# folder, its workers and subprocesses inherit it through the environment, and it is removed at
+# exit. Every program is cached, however quick to compile: without LLVM's optimisations most are.
+# A JAX_COMPILATION_CACHE_DIR already set is the caller's, and is used as it is.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    import atexit
+    import shutil
+    import tempfile
+
+    _cache = tempfile.mkdtemp(prefix="jaxbp-test-compilation-cache-")
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "-1"
+
 import chex  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402

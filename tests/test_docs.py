@@ -84,6 +84,12 @@ def page_blocks(page: str, text: str) -> list[Block]:
 BLOCKS = [b for p in pages() for b in page_blocks(str(p.relative_to(ROOT)), p.read_text())]
 RUNNABLE = [b for b in BLOCKS if (b.page, b.section) not in FRAGMENTS]
 PAGES_WITH_CODE = sorted({b.page for b in RUNNABLE})
+# Pages whose blocks run long enough that LLVM's optimisations, which the suite turns off
+# (conftest.py), pay for themselves: page -> why.
+UNOPTIMIZED = "--xla_backend_optimization_level=0"
+OPTIMIZED_PAGES = {
+    "docs/guides/training.md": "3 epochs of a CNN: its convolutions run ~4x slower unoptimised",
+}
 MARK = "=====DOCS BLOCK====="
 DRIVER = textwrap.dedent(f"""
     import json, sys
@@ -137,9 +143,12 @@ def test_page_prints_what_it_shows(page, tmp_path):
     """The page's blocks, run in order in one fresh process: each prints what the page shows."""
     blocks = [b for b in RUNNABLE if b.page == page]
     (tmp_path / "blocks.json").write_text(json.dumps([page, [b.source for b in blocks]]))
+    env = dict(os.environ)
+    if page in OPTIMIZED_PAGES:
+        env["XLA_FLAGS"] = env.get("XLA_FLAGS", "").replace(UNOPTIMIZED, "")
     done = subprocess.run(
         [sys.executable, "-c", DRIVER, str(tmp_path / "blocks.json")],
-        cwd=tmp_path, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_S,
+        cwd=tmp_path, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_S, env=env,
     )  # fmt: skip
     outputs = done.stdout.split(MARK + "\n")[1:]
     assert done.returncode == 0, (

@@ -159,13 +159,16 @@ def _steppers(config: GPT2Config, which: dict[str, str]) -> dict:
     }
 
 
-def step_times(config: GPT2Config, reps: int, seconds: float = 0.0) -> dict:
+def step_times(
+    config: GPT2Config, reps: int, seconds: float = 0.0, *, min_sample: float = MIN_SAMPLE_S
+) -> dict:
     """AdamW steps with each engine (and the null), the bare matmul in the same rotation. A
     sample lasts at least MIN_SAMPLE_S: a matmul sample is then several calls, the first of
-    which, after a step has filled the caches with other data, would alone read slow."""
+    which, after a step has filled the caches with other data, would alone read slow. (The quick
+    run, a smoke test whose times mean nothing, takes one call a sample.)"""
     fns = _steppers(config, {"backprop": "backprop", "jax.grad": "autodiff", "null": "autodiff"})
     fns["matmul"] = _matmul()
-    t = interleaved(fns, reps=reps, warmup=1, seconds=seconds, min_sample=MIN_SAMPLE_S)
+    t = interleaved(fns, reps=reps, warmup=1, seconds=seconds, min_sample=min_sample)
     steps = {"backprop": t["backprop"], "jax.grad": t["jax.grad"]}
     return {
         **engines(t),
@@ -489,7 +492,9 @@ def run_config(config: GPT2Config, *, quick: bool, report: Callable[[str], None]
     reps, seconds = (1, 0.0) if quick else (6, SECONDS)
     phases = {
         "gradient": lambda: gradient_times(config, reps, seconds),
-        "step": lambda: step_times(config, reps, seconds),
+        "step": lambda: step_times(
+            config, reps, seconds, min_sample=0.0 if quick else MIN_SAMPLE_S
+        ),
         "memory": lambda: memory(config),
         "parts": lambda: part_times(config, reps),
         "profile": lambda: profile_phase(config, 2 if quick else 3),
