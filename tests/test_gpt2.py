@@ -115,10 +115,11 @@ def test_per_example_grads_through_the_tied_bias_free_head(x64):
     ids, y = rng.integers(0, V, (BATCH, T)), rng.integers(0, V, (BATCH, T))
     per_example = jaxbp.per_example_grads(model, CE, params, ids, y)
 
-    def one(i):  # L_i's gradient: C of example i alone (the mean over its T positions)
-        return jaxbp.autodiff(model, CE, params, ids[i : i + 1], y[i : i + 1])[1]
-
-    reference = jax.tree.map(lambda *g: jnp.stack(g), *[one(i) for i in range(BATCH)])
+    # L_i's gradient: C of example i alone (the mean over its T positions), by jax.grad, compiled
+    # once for a batch of one (eagerly, op by op, the GPT-2's sweep took most of this test's time)
+    one = jax.jit(lambda ids_i, y_i: jaxbp.autodiff(model, CE, params, ids_i, y_i)[1])
+    grads = [one(ids[i : i + 1], y[i : i + 1]) for i in range(BATCH)]
+    reference = jax.tree.map(lambda *g: jnp.stack(g), *grads)
     assert_trees_close(per_example, reference, rtol=1e-12, what="per-example grads")
 
 
